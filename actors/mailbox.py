@@ -1,0 +1,226 @@
+"""Virtual mailboxes: each user's cursor log, live while the user has connections.
+
+A mailbox is a virtual actor (an Orleans grain) hosted by a shard: it exists in memory only while
+one of its user's sockets is attached somewhere, and is rebuilt from PostgreSQL (its head cursor)
+when the next one attaches. Offline users cost nothing: their events are already durable in
+mailbox_events, written by the sequencer's commit, and are replayed on resume with `since`.
+
+What a live mailbox adds is order: it pushes events to the gateways in strict cursor order. An
+event that arrives ahead of a missing one (two sequencers on two shards committed them, and their
+deliveries crossed) waits; a gap not filled by a delivery soon is read back from PostgreSQL, which
+is safe because a committed cursor N implies every cursor below N committed too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable
+
+from switchboard.storage.models import MailboxEvent
+from switchboard.storage.store import Store
+
+log = logging.getLogger(__name__)
+
+RunBlocking = Callable[..., Awaitable]
+
+# How long an out-of-order event waits for the delivery it overtook before the gap is read from
+# the database. Deliveries between shards normally land within a few milliseconds.
+GAP_REPAIR_DELAY_S = 0.25
+REPLAY_PAGE = 1000
+
+
+@dataclasses.dataclass
+class AttachResult:
+    head: int
+    events: list[MailboxEvent]
+    resync_required: bool = False
+
+
+@dataclasses.dataclass
+class _Mailbox:
+    user_id: str
+    head: int | None = None  # None while loading from the database
+    gateways: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    pending: dict[int, MailboxEvent] = dataclasses.field(default_factory=dict)
+    repair: asyncio.Task | None = None
+
+
+class GatewayOutbox:
+    """Deliveries waiting for one gateway replica's stream, and the wake-up for it."""
+
+    def __init__(self):
+        self.items: list[tuple[str, dict]] = []
+        self.ready = asyncio.Event()
+
+    def put(self, user_id: str, frame: dict) -> None:
+        self.items.append((user_id, frame))
+        self.ready.set()
+
+    async def take(self) -> list[tuple[str, dict]]:
+        await self.ready.wait()
+        self.ready.clear()
+        items, self.items = self.items, []
+        return items
+
+
+class MailboxHost:
+    def __init__(self, store: Store, run_blocking: RunBlocking, gap_repair_delay_s: float = GAP_REPAIR_DELAY_S):
+        self.store = store
+        self.run_blocking = run_blocking
+        self.gap_repair_delay_s = gap_repair_delay_s
+        self._mailboxes: dict[str, _Mailbox] = {}
+        self._outboxes: dict[str, GatewayOutbox] = {}
+        self._acks: dict[str, int] = {}
+
+    # ---- gateways and their sockets -------------------------------------------------------
+
+    def outbox(self, gateway_id: str) -> GatewayOutbox:
+        outbox = self._outboxes.get(gateway_id)
+        if outbox is None:
+            outbox = self._outboxes[gateway_id] = GatewayOutbox()
+        return outbox
+
+    def open_outbox(self, gateway_id: str) -> GatewayOutbox:
+        """A new stream from a gateway replaces its old one: the old stream wakes and ends, and
+        the gateway re-attaches its sockets with their cursors, so nothing queued is lost."""
+        old = self._outboxes.get(gateway_id)
+        outbox = self._outboxes[gateway_id] = GatewayOutbox()
+        if old is not None:
+            outbox.items, old.items = old.items, []
+            if outbox.items:
+                outbox.ready.set()
+            old.ready.set()
+        return outbox
+
+    def current_outbox(self, gateway_id: str) -> GatewayOutbox | None:
+        return self._outboxes.get(gateway_id)
+
+    def drop_gateway(self, gateway_id: str) -> None:
+        """Forget a gateway replica that went away, and every socket it held."""
+        self._outboxes.pop(gateway_id, None)
+        for user_id in [u for u, box in self._mailboxes.items() if gateway_id in box.gateways]:
+            self.detach(gateway_id, user_id, all_sockets=True)
+
+    async def attach(self, gateway_id: str, user_id: str, since: int | None) -> AttachResult:
+        """A socket of user_id on gateway_id goes live. Returns the head cursor and, with
+        `since`, every event after it; live events after the head follow on the stream."""
+        self.outbox(gateway_id)
+        mailbox = self._mailboxes.get(user_id)
+        if mailbox is None:
+            mailbox = self._mailboxes[user_id] = _Mailbox(user_id)
+        mailbox.gateways[gateway_id] += 1
+        try:
+            if mailbox.head is None:
+                await self._load(mailbox)
+            head = mailbox.head
+            if since is None:
+                return AttachResult(head=head, events=[])
+            stored = await self.run_blocking(self.store.mailbox_head, user_id)
+            if since < stored.pruned_through or since > head:
+                return AttachResult(head=head, events=[], resync_required=True)
+            return AttachResult(head=head, events=await self._replay(user_id, since, head))
+        except BaseException:
+            self.detach(gateway_id, user_id)
+            raise
+
+    def detach(self, gateway_id: str, user_id: str, all_sockets: bool = False) -> None:
+        mailbox = self._mailboxes.get(user_id)
+        if mailbox is None:
+            return
+        mailbox.gateways[gateway_id] -= mailbox.gateways[gateway_id] if all_sockets else 1
+        if mailbox.gateways[gateway_id] <= 0:
+            del mailbox.gateways[gateway_id]
+        if not mailbox.gateways:
+            if mailbox.repair is not None:
+                mailbox.repair.cancel()
+            del self._mailboxes[user_id]
+
+    def online_users(self) -> int:
+        return len(self._mailboxes)
+
+    # ---- events in -------------------------------------------------------------------------
+
+    def deliver(self, events: list[MailboxEvent]) -> None:
+        """Committed events for users hosted here; offline users' events are already durable."""
+        for event in events:
+            mailbox = self._mailboxes.get(event.user_id)
+            if mailbox is None:
+                continue
+            if mailbox.head is not None and event.cursor <= mailbox.head:
+                continue
+            mailbox.pending[event.cursor] = event
+            if mailbox.head is not None:
+                self._drain(mailbox)
+
+    def deliver_ephemeral(self, user_ids: list[str], frame: dict) -> None:
+        """Typing indicators: no cursor, not stored, only to sockets live right now."""
+        for user_id in user_ids:
+            mailbox = self._mailboxes.get(user_id)
+            if mailbox is not None:
+                for gateway_id in mailbox.gateways:
+                    self.outbox(gateway_id).put(user_id, frame)
+
+    def ack(self, user_id: str, cursor: int) -> None:
+        self._acks[user_id] = max(cursor, self._acks.get(user_id, 0))
+
+    def take_acks(self) -> dict[str, int]:
+        acks, self._acks = self._acks, {}
+        return acks
+
+    # ---- internals -------------------------------------------------------------------------
+
+    async def _load(self, mailbox: _Mailbox) -> None:
+        # Deliveries that arrive while this read runs wait in `pending`; the head read below
+        # includes any of them that committed before it, so _drain drops exactly those.
+        stored = await self.run_blocking(self.store.mailbox_head, mailbox.user_id)
+        if mailbox.head is None:
+            mailbox.head = stored.head
+            self._drain(mailbox)
+
+    async def _replay(self, user_id: str, since: int, head: int) -> list[MailboxEvent]:
+        events: list[MailboxEvent] = []
+        after = since
+        while after < head:
+            page = await self.run_blocking(self.store.events_after, user_id, after, head, REPLAY_PAGE)
+            if not page:
+                break
+            events.extend(page)
+            after = page[-1].cursor
+        return events
+
+    def _drain(self, mailbox: _Mailbox) -> None:
+        """Push every pending event that is next in cursor order; schedule repair of a gap."""
+        for cursor in [c for c in mailbox.pending if c <= mailbox.head]:
+            del mailbox.pending[cursor]
+        while mailbox.head + 1 in mailbox.pending:
+            event = mailbox.pending.pop(mailbox.head + 1)
+            mailbox.head = event.cursor
+            frame = event.to_frame()
+            for gateway_id in mailbox.gateways:
+                self.outbox(gateway_id).put(mailbox.user_id, frame)
+        if mailbox.pending and mailbox.repair is None:
+            mailbox.repair = asyncio.get_running_loop().create_task(self._repair_gap(mailbox))
+
+    async def _repair_gap(self, mailbox: _Mailbox) -> None:
+        try:
+            while mailbox.pending and self._mailboxes.get(mailbox.user_id) is mailbox:
+                await asyncio.sleep(self.gap_repair_delay_s)
+                if not mailbox.pending:
+                    break
+                missing_through = min(mailbox.pending) - 1
+                if missing_through > mailbox.head:
+                    try:
+                        found = await self.run_blocking(
+                            self.store.events_after, mailbox.user_id, mailbox.head, missing_through, REPLAY_PAGE
+                        )
+                    except Exception as error:  # the database is away: try again next round
+                        log.warning("gap repair for %s failed: %s", mailbox.user_id, error)
+                        continue
+                    for event in found:
+                        mailbox.pending.setdefault(event.cursor, event)
+                self._drain(mailbox)  # mailbox.repair is this task, so no second one starts
+        finally:
+            mailbox.repair = None

@@ -1,0 +1,269 @@
+"""The conversation sequencer: the single owner of each conversation's order.
+
+It turns a batch of operations into one WriteBatch (group commit), so `seq` is gap-free and every
+member's mailbox event is written in the same transaction as the message itself. Plain class:
+no Ray, no asyncio; the shard runs `commit` on its one writer thread, so the cache below is only
+ever touched by one thread at a time.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+
+from switchboard.errors import Forbidden, Invalid, NotFound, Overloaded, SwitchboardError
+from switchboard.protocol import new_message_id, now_ms
+from switchboard.storage.models import MEMBER, MESSAGE, RECEIPT, Conversation, MailboxEvent, Message, WriteBatch
+from switchboard.storage.store import StaleSequencer, StorageUnavailable, Store
+
+from .ops import AddMember, CreateConversation, MarkRead, Operation, Outcome, RemoveMember, SendMessage
+
+log = logging.getLogger(__name__)
+
+# Conversations kept in memory per shard; a colder one is reloaded from PostgreSQL on next use.
+CONVERSATION_CACHE_SIZE = 50_000
+
+
+@dataclasses.dataclass
+class _Draft:
+    """A conversation's state as this batch changes it; becomes the cached state on commit."""
+
+    conversation: Conversation
+    stored_last_seq: int
+    new: bool = False
+    read_marks: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class CommitResult:
+    outcomes: list[Outcome]
+    events: list[MailboxEvent]
+
+
+class Sequencer:
+    def __init__(self, store: Store, max_members: int):
+        self.store = store
+        self.max_members = max_members
+        self._cache: collections.OrderedDict[str, Conversation] = collections.OrderedDict()
+        self._read_marks: dict[tuple[str, str], int] = {}
+
+    # ---- reads ------------------------------------------------------------------------------
+
+    def conversation(self, conversation_id: str) -> Conversation | None:
+        cached = self._cache.get(conversation_id)
+        if cached is not None:
+            self._cache.move_to_end(conversation_id)
+            return cached
+        loaded = self.store.load_conversation(conversation_id)
+        if loaded is not None:
+            self._remember(loaded)
+        return loaded
+
+    def members_for_typing(self, conversation_id: str, user_id: str) -> list[str]:
+        conversation = self._member_conversation(conversation_id, user_id)
+        return sorted(conversation.members - {user_id})
+
+    # ---- the group commit -------------------------------------------------------------------
+
+    def commit(self, operations: list[Operation]) -> CommitResult:
+        """Validate, sequence and durably commit a batch; one Outcome per operation, in order."""
+        try:
+            return self._commit_once(operations)
+        except StaleSequencer as error:
+            # Our cached last_seq was wrong (another owner wrote, or a commit we thought failed
+            # had landed). Forget what we knew and plan the batch again from the database.
+            log.warning("sequencer reloading after %s", error)
+            self._forget(operations)
+            try:
+                return self._commit_once(operations)
+            except (StaleSequencer, StorageUnavailable) as second:
+                self._forget(operations)
+                return self._all_failed(operations, Overloaded(f"commit failed: {second}"))
+        except StorageUnavailable as error:
+            # The commit may or may not have landed; the cache must not guess. Retried sends are
+            # safe: the idempotency key finds the original if it did land.
+            self._forget(operations)
+            return self._all_failed(operations, Overloaded(str(error)))
+
+    def _commit_once(self, operations: list[Operation]) -> CommitResult:
+        batch = WriteBatch()
+        drafts: dict[str, _Draft] = {}
+        known_sends = self._find_sent(operations)
+        outcomes = []
+        for operation in operations:
+            try:
+                outcomes.append(self._plan(operation, batch, drafts, known_sends))
+            except SwitchboardError as error:
+                outcomes.append(Outcome.failed(error))
+        if not batch.is_empty():
+            for conversation_id, draft in drafts.items():
+                if not draft.new and draft.conversation.last_seq != draft.stored_last_seq:
+                    batch.seq_fences[conversation_id] = (draft.stored_last_seq, draft.conversation.last_seq)
+            self.store.apply(batch)
+        for draft in drafts.values():
+            self._remember(draft.conversation)
+            for user_id, seq in draft.read_marks.items():
+                self._read_marks[(draft.conversation.conversation_id, user_id)] = seq
+        return CommitResult(outcomes=outcomes, events=batch.events)
+
+    def _find_sent(self, operations: list[Operation]) -> dict[tuple[str, str, str], Message]:
+        """Originals of retried sends, looked up once per conversation per batch."""
+        keys: dict[str, list[tuple[str, str]]] = collections.defaultdict(list)
+        for operation in operations:
+            if isinstance(operation, SendMessage):
+                keys[operation.conversation_id].append((operation.sender, operation.client_msg_id))
+        found = {}
+        for conversation_id, pairs in keys.items():
+            for (sender, client_msg_id), message in self.store.find_sent(conversation_id, pairs).items():
+                found[(conversation_id, sender, client_msg_id)] = message
+        return found
+
+    # ---- planning each operation -----------------------------------------------------------
+
+    def _plan(self, operation, batch: WriteBatch, drafts, known_sends) -> Outcome:
+        if isinstance(operation, SendMessage):
+            return self._plan_send(operation, batch, drafts, known_sends)
+        if isinstance(operation, CreateConversation):
+            return self._plan_create(operation, batch, drafts)
+        if isinstance(operation, AddMember):
+            return self._plan_add(operation, batch, drafts)
+        if isinstance(operation, RemoveMember):
+            return self._plan_remove(operation, batch, drafts)
+        if isinstance(operation, MarkRead):
+            return self._plan_read(operation, batch, drafts)
+        raise Invalid(f"unknown operation {type(operation).__name__}")
+
+    def _plan_send(self, op: SendMessage, batch, drafts, known_sends) -> Outcome:
+        draft = self._draft(op.conversation_id, drafts)
+        conversation = draft.conversation
+        self._require_member(conversation, op.sender)
+        key = (op.conversation_id, op.sender, op.client_msg_id)
+        original = known_sends.get(key)
+        if original is not None:
+            return Outcome(value=original.to_wire(), created=False)
+        message = Message(
+            conversation_id=op.conversation_id,
+            seq=conversation.last_seq + 1,
+            message_id=new_message_id(),
+            sender=op.sender,
+            client_msg_id=op.client_msg_id,
+            body=op.body,
+            ts=now_ms(),
+        )
+        conversation.last_seq = message.seq
+        known_sends[key] = message  # a repeat within this same batch answers the original too
+        batch.messages.append(message)
+        wire = message.to_wire()
+        for user_id in sorted(conversation.members):
+            batch.events.append(
+                MailboxEvent(user_id, MESSAGE, op.conversation_id, {"message": wire}, seq=message.seq)
+            )
+        return Outcome(value=wire)
+
+    def _plan_create(self, op: CreateConversation, batch, drafts) -> Outcome:
+        existing = drafts.get(op.conversation_id)
+        existing = existing.conversation if existing else self.conversation(op.conversation_id)
+        if existing is not None:
+            # The gateway retried a create whose answer it lost: the id is its own, so answer it.
+            if existing.created_by != op.creator:
+                raise Forbidden("conversation id already taken")
+            return Outcome(value=existing.to_wire(), created=False)
+        members = set(op.members) | {op.creator}
+        if len(members) > self.max_members:
+            raise Invalid(f"a conversation holds at most {self.max_members} members")
+        conversation = Conversation(
+            conversation_id=op.conversation_id, title=op.title, region=op.region,
+            created_by=op.creator, created_at=now_ms(), last_seq=0, members=members,
+        )
+        drafts[op.conversation_id] = _Draft(conversation, stored_last_seq=0, new=True)
+        batch.new_conversations.append(conversation)
+        # Each member's devices learn of the new conversation from one event about themselves.
+        for user_id in sorted(members):
+            batch.events.append(self._member_event(user_id, op.conversation_id, user_id, "joined"))
+        return Outcome(value=conversation.to_wire())
+
+    def _plan_add(self, op: AddMember, batch, drafts) -> Outcome:
+        conversation = self._draft(op.conversation_id, drafts).conversation
+        self._require_member(conversation, op.actor)
+        if op.user_id in conversation.members:
+            return Outcome(value=conversation.to_wire(), created=False)
+        if len(conversation.members) >= self.max_members:
+            raise Invalid(f"a conversation holds at most {self.max_members} members")
+        conversation.members = conversation.members | {op.user_id}
+        batch.added_members.append((op.conversation_id, op.user_id, now_ms()))
+        for user_id in sorted(conversation.members):
+            batch.events.append(self._member_event(user_id, op.conversation_id, op.user_id, "joined"))
+        return Outcome(value=conversation.to_wire())
+
+    def _plan_remove(self, op: RemoveMember, batch, drafts) -> Outcome:
+        conversation = self._draft(op.conversation_id, drafts).conversation
+        self._require_member(conversation, op.actor)
+        if op.actor != op.user_id:
+            raise Forbidden("only a member itself may leave")
+        # Everyone who was a member, the leaver's other devices included, hears of it.
+        for user_id in sorted(conversation.members):
+            batch.events.append(self._member_event(user_id, op.conversation_id, op.user_id, "left"))
+        conversation.members = conversation.members - {op.user_id}
+        batch.removed_members.append((op.conversation_id, op.user_id))
+        return Outcome(value=conversation.to_wire())
+
+    def _plan_read(self, op: MarkRead, batch, drafts) -> Outcome:
+        draft = self._draft(op.conversation_id, drafts)
+        conversation = draft.conversation
+        self._require_member(conversation, op.user_id)
+        if op.seq > conversation.last_seq:
+            raise Invalid(f"seq {op.seq} is beyond the conversation's last_seq {conversation.last_seq}")
+        previous = draft.read_marks.get(op.user_id, self._read_marks.get((op.conversation_id, op.user_id), 0))
+        if op.seq <= previous:
+            return Outcome(value={"conversation_id": op.conversation_id, "seq": previous}, created=False)
+        draft.read_marks[op.user_id] = op.seq
+        batch.read_marks.append((op.conversation_id, op.user_id, op.seq))
+        receipt = {"conversation_id": op.conversation_id, "user_id": op.user_id, "seq": op.seq}
+        for user_id in sorted(conversation.members):
+            batch.events.append(MailboxEvent(user_id, RECEIPT, op.conversation_id, dict(receipt)))
+        return Outcome(value=receipt)
+
+    # ---- helpers ----------------------------------------------------------------------------
+
+    def _draft(self, conversation_id: str, drafts: dict[str, _Draft]) -> _Draft:
+        draft = drafts.get(conversation_id)
+        if draft is None:
+            stored = self.conversation(conversation_id)
+            if stored is None:
+                raise NotFound("no such conversation")
+            working = dataclasses.replace(stored, members=set(stored.members))
+            draft = drafts[conversation_id] = _Draft(working, stored_last_seq=stored.last_seq)
+        return draft
+
+    def _member_conversation(self, conversation_id: str, user_id: str) -> Conversation:
+        conversation = self.conversation(conversation_id)
+        if conversation is None:
+            raise NotFound("no such conversation")
+        self._require_member(conversation, user_id)
+        return conversation
+
+    @staticmethod
+    def _require_member(conversation: Conversation, user_id: str) -> None:
+        if user_id not in conversation.members:
+            raise Forbidden("not a member of this conversation")
+
+    @staticmethod
+    def _member_event(recipient: str, conversation_id: str, user_id: str, action: str) -> MailboxEvent:
+        payload = {"conversation_id": conversation_id, "user_id": user_id, "action": action}
+        return MailboxEvent(recipient, MEMBER, conversation_id, payload)
+
+    def _remember(self, conversation: Conversation) -> None:
+        self._cache[conversation.conversation_id] = conversation
+        self._cache.move_to_end(conversation.conversation_id)
+        while len(self._cache) > CONVERSATION_CACHE_SIZE:
+            self._cache.popitem(last=False)
+
+    def _forget(self, operations: list[Operation]) -> None:
+        for operation in operations:
+            self._cache.pop(operation.conversation_id, None)
+        self._read_marks.clear()
+
+    @staticmethod
+    def _all_failed(operations: list[Operation], error: SwitchboardError) -> CommitResult:
+        return CommitResult(outcomes=[Outcome.failed(error) for _ in operations], events=[])

@@ -1,0 +1,185 @@
+"""A mailbox shard: hosts the virtual mailboxes of the users the ring gives it, and sequences the
+conversations the ring gives it. Plain asyncio class; remote.py makes it a Ray actor.
+
+Send path inside a shard: gateways call `submit` with a batch of operations; they queue; one writer
+thread commits whatever has queued as one transaction (group commit: the next batch forms while
+the current one commits, so a lone send never waits for a timer); each operation gets its Outcome;
+then the committed mailbox events fan out, one call per destination shard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+from collections.abc import AsyncIterator, Callable
+
+from switchboard.errors import Overloaded, SwitchboardError
+from switchboard.storage.models import MailboxEvent
+from switchboard.storage.store import StorageUnavailable, Store
+
+from .mailbox import AttachResult, MailboxHost
+from .ops import Operation, Outcome
+from .ring import Ring
+from .sequencer import Sequencer
+
+log = logging.getLogger(__name__)
+
+ACK_FLUSH_INTERVAL_S = 2.0
+
+
+class PeerLink:
+    """How a shard reaches its peers; the Ray wrapper supplies real actor handles."""
+
+    def deliver(self, shard_index: int, events: list[MailboxEvent]) -> None: ...
+
+    def deliver_ephemeral(self, shard_index: int, user_ids: list[str], frame: dict) -> None: ...
+
+
+class MailboxShard:
+    def __init__(self, *, index: int, ring: Ring, store: Store, peers: PeerLink, max_members: int,
+                 commit_batch_max: int, queue_max: int):
+        self.index = index
+        self.ring = ring
+        self.store = store
+        self.peers = peers
+        self.commit_batch_max = commit_batch_max
+        self.queue_max = queue_max
+        self.sequencer = Sequencer(store, max_members=max_members)
+        self.mailboxes = MailboxHost(store, run_blocking=asyncio.to_thread)
+        # One writer thread: the sequencer's cache and the commit order need exactly one.
+        self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
+        self._queue: collections.deque[tuple[Operation, asyncio.Future]] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self.commits = 0
+        self.committed_operations = 0
+
+    def start(self) -> None:
+        if not self._tasks:
+            self._tasks = [asyncio.create_task(self._commit_loop()), asyncio.create_task(self._ack_loop())]
+
+    # ---- the send path ---------------------------------------------------------------------
+
+    async def submit(self, operations: list[Operation]) -> list[Outcome]:
+        self.start()
+        if len(self._queue) + len(operations) > self.queue_max:
+            error = Overloaded(f"shard {self.index} has {len(self._queue)} operations queued")
+            return [Outcome.failed(error) for _ in operations]
+        loop = asyncio.get_running_loop()
+        futures = []
+        for operation in operations:
+            future = loop.create_future()
+            self._queue.append((operation, future))
+            futures.append(future)
+        self._wakeup.set()
+        return list(await asyncio.gather(*futures))
+
+    async def _commit_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                size = min(len(self._queue), self.commit_batch_max)
+                batch = [self._queue.popleft() for _ in range(size)]
+                operations = [operation for operation, _ in batch]
+                try:
+                    result = await loop.run_in_executor(self._writer, self.sequencer.commit, operations)
+                    outcomes, events = result.outcomes, result.events
+                except Exception as error:  # a bug, not a refusal: fail the batch, keep serving
+                    log.exception("commit of %d operations failed", len(operations))
+                    outcomes = [Outcome.failed(SwitchboardError(f"internal error: {error}")) for _ in batch]
+                    events = []
+                for (_, future), outcome in zip(batch, outcomes):
+                    if not future.done():
+                        future.set_result(outcome)
+                self.commits += 1
+                self.committed_operations += len(batch)
+                self._fan_out(events)
+
+    def _fan_out(self, events: list[MailboxEvent]) -> None:
+        by_shard = group_by(events, lambda event: self.ring.user_shard(event.user_id))
+        for shard_index, shard_events in by_shard.items():
+            if shard_index == self.index:
+                self.mailboxes.deliver(shard_events)
+            else:
+                self.peers.deliver(shard_index, shard_events)
+
+    # ---- typing: ephemeral, never stored ---------------------------------------------------
+
+    async def typing(self, conversation_id: str, user_id: str) -> Outcome:
+        loop = asyncio.get_running_loop()
+        try:
+            recipients = await loop.run_in_executor(
+                self._writer, self.sequencer.members_for_typing, conversation_id, user_id
+            )
+        except SwitchboardError as error:
+            return Outcome.failed(error)
+        except StorageUnavailable as error:
+            return Outcome.failed(Overloaded(str(error)))
+        frame = {"type": "typing", "conversation_id": conversation_id, "user_id": user_id}
+        for shard_index, user_ids in group_by(recipients, self.ring.user_shard).items():
+            if shard_index == self.index:
+                self.mailboxes.deliver_ephemeral(user_ids, frame)
+            else:
+                self.peers.deliver_ephemeral(shard_index, user_ids, frame)
+        return Outcome(value={})
+
+    # ---- mailboxes ---------------------------------------------------------------------------
+
+    async def attach(self, gateway_id: str, user_id: str, since: int | None) -> AttachResult:
+        self.start()
+        return await self.mailboxes.attach(gateway_id, user_id, since)
+
+    def detach(self, gateway_id: str, user_id: str) -> None:
+        self.mailboxes.detach(gateway_id, user_id)
+
+    def ack(self, user_id: str, cursor: int) -> None:
+        self.mailboxes.ack(user_id, cursor)
+
+    def deliver(self, events: list[MailboxEvent]) -> None:
+        self.mailboxes.deliver(events)
+
+    def deliver_ephemeral(self, user_ids: list[str], frame: dict) -> None:
+        self.mailboxes.deliver_ephemeral(user_ids, frame)
+
+    async def stream(self, gateway_id: str) -> AsyncIterator[list[tuple[str, dict]]]:
+        """Deliveries for one gateway replica, in batches, for as long as it listens."""
+        self.start()
+        outbox = self.mailboxes.open_outbox(gateway_id)
+        try:
+            while self.mailboxes.current_outbox(gateway_id) is outbox:
+                items = await outbox.take()
+                if items:
+                    yield items
+        finally:
+            if self.mailboxes.current_outbox(gateway_id) is outbox:
+                self.mailboxes.drop_gateway(gateway_id)
+
+    def stats(self) -> dict:
+        return {
+            "index": self.index,
+            "online_users": self.mailboxes.online_users(),
+            "queued": len(self._queue),
+            "commits": self.commits,
+            "committed_operations": self.committed_operations,
+        }
+
+    async def _ack_loop(self) -> None:
+        while True:
+            await asyncio.sleep(ACK_FLUSH_INTERVAL_S)
+            acks = self.mailboxes.take_acks()
+            if acks:
+                try:
+                    await asyncio.to_thread(self.store.record_acks, acks)
+                except Exception as error:  # acks are advisory; the next ones carry the news
+                    log.warning("could not record %d acks: %s", len(acks), error)
+
+
+def group_by(items, key: Callable) -> dict:
+    grouped: dict = collections.defaultdict(list)
+    for item in items:
+        grouped[key(item)].append(item)
+    return grouped

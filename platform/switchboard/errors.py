@@ -1,0 +1,86 @@
+"""One error tree whose codes reach the wire.
+
+    SwitchboardError            code "internal"   (a bug; nothing half-done is visible)
+     +-- Unauthorized           "unauthorized"    no, bad or expired token
+     +-- Forbidden              "forbidden"       not a member, or not allowed
+     +-- NotFound               "not_found"       no such conversation or user
+     +-- Invalid                "invalid"         malformed frame or body, unknown type, bad field
+     +-- TooLarge               "too_large"       body over the limit
+     +-- RateLimited            "rate_limited"    over the per-user rate; carries retry_after_ms
+     +-- Overloaded             "overloaded"      shedding load; nothing was committed
+
+Actors raise these; only gateway/ maps them to HTTP statuses and WebSocket close codes. They are
+plain picklable exceptions so they cross Ray calls unchanged.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Code(str, Enum):
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    INVALID = "invalid"
+    TOO_LARGE = "too_large"
+    RATE_LIMITED = "rate_limited"
+    OVERLOADED = "overloaded"
+    INTERNAL = "internal"
+
+
+class SwitchboardError(Exception):
+    code: Code = Code.INTERNAL
+
+    def __init__(self, message: str = "internal error", **extra):
+        super().__init__(message)
+        self.message = message
+        self.extra = extra
+
+    def __reduce__(self):
+        return (_rebuild, (type(self), self.message, self.extra))
+
+    def to_wire(self) -> dict:
+        return {"code": self.code.value, "message": self.message, **self.extra}
+
+
+def _rebuild(cls, message, extra):
+    return cls(message, **extra)
+
+
+class Unauthorized(SwitchboardError):
+    code = Code.UNAUTHORIZED
+
+
+class Forbidden(SwitchboardError):
+    code = Code.FORBIDDEN
+
+
+class NotFound(SwitchboardError):
+    code = Code.NOT_FOUND
+
+
+class Invalid(SwitchboardError):
+    code = Code.INVALID
+
+
+class TooLarge(SwitchboardError):
+    code = Code.TOO_LARGE
+
+
+class RateLimited(SwitchboardError):
+    code = Code.RATE_LIMITED
+
+    def __init__(self, message: str = "rate limited", retry_after_ms: int = 0, **extra):
+        super().__init__(message, retry_after_ms=int(retry_after_ms), **extra)
+
+
+class Overloaded(SwitchboardError):
+    code = Code.OVERLOADED
+
+
+def error_from_code(code: str, message: str) -> SwitchboardError:
+    for cls in (Unauthorized, Forbidden, NotFound, Invalid, TooLarge, RateLimited, Overloaded):
+        if cls.code.value == code:
+            return cls(message)
+    return SwitchboardError(message)

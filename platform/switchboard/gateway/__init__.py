@@ -1,0 +1,1 @@
+"""The Serve ingress: HTTP routes, WebSocket sessions, and delivery to sockets."""

@@ -1,0 +1,85 @@
+"""The Serve deployment: one FastAPI app per replica around a GatewayCore, and how to deploy it."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from switchboard.errors import Invalid, NotFound, SwitchboardError
+from switchboard.settings import Settings
+
+from . import http_api, websocket
+from .core import GatewayCore
+from .wire_errors import CLOSE_GOING_AWAY, error_response
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "switchboard"
+DEPLOYMENT_NAME = "Gateway"
+
+
+def build_app(core: GatewayCore) -> FastAPI:
+    app = FastAPI(title="Switchboard", version="1", docs_url="/docs", redoc_url=None)
+    app.state.core = core
+    app.include_router(http_api.router)
+    app.include_router(websocket.router)
+
+    @app.exception_handler(SwitchboardError)
+    async def on_domain_error(_: Request, error: SwitchboardError):
+        return error_response(error)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(_: Request, error: RequestValidationError):
+        return error_response(Invalid(str(error.errors()[:3])), status=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(_: Request, error: StarletteHTTPException):
+        if error.status_code == 404:
+            return error_response(NotFound("no such endpoint"))
+        return error_response(Invalid(str(error.detail)), status=error.status_code)
+
+    @app.exception_handler(Exception)
+    async def on_bug(_: Request, error: Exception):
+        log.exception("unhandled error")
+        return error_response(SwitchboardError("internal error"))
+
+    return app
+
+
+@serve.deployment(name=DEPLOYMENT_NAME, ray_actor_options={"num_cpus": 0}, graceful_shutdown_timeout_s=10)
+@serve.ingress()
+class Gateway:
+    async def __init__(self, settings: Settings, database_url: str):
+        self.core = GatewayCore(settings, database_url)
+        await self.core.start()
+
+    def __serve_build_asgi_app__(self):
+        return build_app(self.core)
+
+    async def __del__(self):
+        """Drain: tell every socket to go away (1001) so its client resumes elsewhere with `since`."""
+        for session in list(self.core.sessions):
+            await session.close(CLOSE_GOING_AWAY, "server draining; reconnect with since")
+        await self.core.stop()
+
+
+def gateway_application(settings: Settings, database_url: str):
+    return Gateway.options(
+        # A WebSocket holds its request slot for its whole life: the slot count is sockets.
+        max_ongoing_requests=settings.sockets_per_replica,
+        autoscaling_config={
+            "min_replicas": settings.min_replicas,
+            "max_replicas": settings.max_replicas,
+            "target_ongoing_requests": settings.target_sockets_per_replica,
+        },
+    ).bind(settings, database_url)
+
+
+def deploy(settings: Settings, database_url: str) -> None:
+    """Start Serve on the settings' port (if not running) and deploy the gateway there."""
+    serve.start(http_options={"host": settings.host, "port": settings.port})
+    serve.run(gateway_application(settings, database_url), name=APP_NAME, route_prefix="/", blocking=False)

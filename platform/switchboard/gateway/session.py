@@ -1,0 +1,215 @@
+"""One authenticated WebSocket connection: its cursor, its outgoing queue, its client frames.
+
+The cursor rule that keeps PROTOCOL.md's promises on this connection: an event is written only if
+its cursor is exactly one past the last one written (so cursors strictly increase, no gaps, no
+duplicates). Events that arrive while the session (re)attaches wait in a buffer; an event that
+shows a gap makes the session re-attach with `since` = its last cursor, and the mailbox replays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+
+from switchboard import protocol
+from switchboard.actors.ops import MarkRead, SendMessage
+from switchboard.auth import Identity
+from switchboard.errors import Overloaded, RateLimited, SwitchboardError
+
+from .wire_errors import CLOSE_GOING_AWAY, CLOSE_POLICY
+
+log = logging.getLogger(__name__)
+
+# Frames queued for a socket that does not read them; past this the client is disconnected with
+# 1001 and resumes with `since`, rather than growing this replica's memory without bound.
+OUTBOX_MAX_FRAMES = 20_000
+# Sends one connection may have waiting for their commit at once.
+SENDS_IN_FLIGHT_MAX = 1_000
+
+
+class Session:
+    def __init__(self, core, identity: Identity, send_text: Callable[[str], Awaitable[None]],
+                 close: Callable[[int, str], Awaitable[None]]):
+        self.core = core
+        self.user_id = identity.user_id
+        self.region = identity.region
+        self._send_text = send_text
+        self._close = close
+        self.last_cursor = 0
+        self._attaching = True
+        self._buffer: list[dict] = []
+        self._out: asyncio.Queue = asyncio.Queue()
+        self._writer: asyncio.Task | None = None
+        self._resuming: asyncio.Task | None = None
+        self._sends: set[asyncio.Task] = set()
+        self._refusals = 0
+        self.closed = False
+
+    # ---- life cycle ----------------------------------------------------------------------------
+
+    async def open(self, since: int | None) -> None:
+        """Register for live events, replay from `since`, then say `ready`."""
+        self._writer = asyncio.create_task(self._write_loop())
+        self.core.hub.register(self)
+        result = await self.core.hub.attach(self.user_id, since)
+        if result.resync_required:
+            self._write(protocol.resync_frame(result.head))
+        else:
+            self.last_cursor = since or 0
+            for event in result.events:
+                self._write_event(event.to_frame())
+        self.last_cursor = result.head
+        self._write(protocol.ready_frame(self.user_id, result.head))
+        self._finish_attach()
+
+    async def close(self, code: int, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._out.put_nowait((code, reason))
+
+    def shutdown(self) -> None:
+        """The socket is gone: stop writing, cancel pending work, leave the mailbox."""
+        self.closed = True
+        self.core.hub.unregister(self)
+        for task in (self._writer, self._resuming, *self._sends):
+            if task is not None and not task.done():
+                task.cancel()
+
+    # ---- events from the mailbox -------------------------------------------------------------
+
+    def push_live(self, frame: dict) -> None:
+        if "cursor" not in frame:  # typing: ephemeral, only for a live connection
+            if not self._attaching:
+                self._write(frame)
+            return
+        if self._attaching:
+            self._buffer.append(frame)
+        elif frame["cursor"] == self.last_cursor + 1:
+            self._write_event(frame)
+        elif frame["cursor"] > self.last_cursor + 1:
+            self._buffer.append(frame)
+            self.resume()
+
+    def resume(self) -> None:
+        """Re-attach with our last cursor (the shard restarted, or we saw a gap)."""
+        if self.closed or (self._resuming is not None and not self._resuming.done()):
+            return
+        self._attaching = True
+        self._resuming = asyncio.create_task(self._reattach())
+
+    async def _reattach(self) -> None:
+        try:
+            result = await self.core.hub.attach(self.user_id, self.last_cursor)
+        except Exception as error:
+            log.warning("re-attach of %s failed: %s", self.user_id, error)
+            await self.close(CLOSE_GOING_AWAY, "mailbox unavailable; reconnect with since")
+            return
+        if result.resync_required:
+            self._write(protocol.resync_frame(result.head))
+            self.last_cursor = result.head
+        for event in result.events:
+            self._write_event(event.to_frame())
+        self._finish_attach()
+
+    def _finish_attach(self) -> None:
+        buffered, self._buffer = sorted(self._buffer, key=lambda f: f["cursor"]), []
+        self._attaching = False
+        for frame in buffered:
+            self.push_live(frame)
+
+    def _write_event(self, frame: dict) -> None:
+        if frame["cursor"] <= self.last_cursor:
+            return
+        self.last_cursor = frame["cursor"]
+        self._write(frame)
+
+    # ---- frames from the client ----------------------------------------------------------------
+
+    def handle_error_frame(self, code: str, message: str) -> None:
+        self._write(protocol.error_frame(code, message))
+
+    async def handle_text(self, text: str) -> None:
+        try:
+            frame = protocol.parse_client_frame(text, self.core.settings.max_body_bytes)
+        except protocol.FrameError as error:
+            self._write(protocol.error_frame(error.code.value, error.message, error.ref))
+            return
+        if isinstance(frame, protocol.SendFrame):
+            await self._on_send(frame)
+        elif isinstance(frame, protocol.PingFrame):
+            self._write(protocol.pong_frame(frame.nonce))
+        elif isinstance(frame, protocol.AckFrame):
+            self.core.hub.ack(self.user_id, min(frame.cursor, self.last_cursor))
+        elif isinstance(frame, protocol.ReadFrame):
+            self._spawn(self._on_read(frame))
+        elif isinstance(frame, protocol.TypingFrame):
+            self._spawn(self._on_typing(frame))
+        else:  # a second auth frame
+            self._write(protocol.error_frame("invalid", "already authenticated"))
+
+    async def _on_send(self, frame: protocol.SendFrame) -> None:
+        retry_after_ms = self.core.limiter.retry_after_ms(self.user_id)
+        if retry_after_ms:
+            self._refusals += 1
+            if self._refusals > self.core.settings.flood_strikes:
+                await self.close(CLOSE_POLICY, "flooding past the rate limit")
+                return
+            error = RateLimited("over the send rate; retry later", retry_after_ms=retry_after_ms)
+            self._write(protocol.error_frame(**_error_fields(error), ref=frame.client_msg_id))
+            return
+        self._refusals = 0
+        if len(self._sends) >= SENDS_IN_FLIGHT_MAX:
+            error = Overloaded("too many sends waiting for their commit on this connection")
+            self._write(protocol.error_frame(**_error_fields(error), ref=frame.client_msg_id))
+            return
+        self._spawn(self._commit_send(frame))
+
+    async def _commit_send(self, frame: protocol.SendFrame) -> None:
+        operation = SendMessage(frame.conversation_id, self.user_id, frame.client_msg_id, frame.body)
+        outcome = await self.core.submit(operation)
+        if outcome.error is not None:
+            self._write(protocol.error_frame(**_error_fields(outcome.error), ref=frame.client_msg_id))
+        else:
+            self._write(protocol.sent_frame(frame.client_msg_id, outcome.value))
+
+    async def _on_read(self, frame: protocol.ReadFrame) -> None:
+        outcome = await self.core.submit(MarkRead(frame.conversation_id, self.user_id, frame.seq))
+        if outcome.error is not None:
+            self._write(protocol.error_frame(**_error_fields(outcome.error)))
+
+    async def _on_typing(self, frame: protocol.TypingFrame) -> None:
+        outcome = await self.core.typing(frame.conversation_id, self.user_id)
+        if outcome.error is not None:
+            self._write(protocol.error_frame(**_error_fields(outcome.error)))
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.create_task(coroutine)
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
+
+    # ---- the socket writer ---------------------------------------------------------------------
+
+    def _write(self, frame: dict) -> None:
+        if self.closed:
+            return
+        if self._out.qsize() >= OUTBOX_MAX_FRAMES:
+            self.closed = True
+            self._out.put_nowait((CLOSE_GOING_AWAY, "too slow to read; reconnect with since"))
+            return
+        self._out.put_nowait(json.dumps(frame, separators=(",", ":")))
+
+    async def _write_loop(self) -> None:
+        while True:
+            item = await self._out.get()
+            if isinstance(item, tuple):
+                await self._close(*item)
+                return
+            await self._send_text(item)
+
+
+def _error_fields(error: SwitchboardError) -> dict:
+    wire = error.to_wire()
+    return {"code": wire.pop("code"), "message": wire.pop("message"), **wire}

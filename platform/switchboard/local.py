@@ -1,0 +1,101 @@
+"""Start and stop a whole platform: PostgreSQL (embedded unless DATABASE_URL), Ray, the region
+routers and their shards, and the Serve gateway. Used by the CLI, scripts/run and the tests."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import urllib.request
+
+import ray
+from ray import serve
+
+from switchboard.actors import registry
+from switchboard.actors.remote import start_region
+from switchboard.settings import Settings
+from switchboard.storage.database import make_engine, migrate, start_embedded_postgres, stop_embedded_postgres
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 120
+
+
+@dataclasses.dataclass
+class Platform:
+    settings: Settings
+    database_url: str
+    embedded_postgres: bool
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.settings.host}:{self.settings.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.settings.host}:{self.settings.port}/v1/ws"
+
+
+def resolve_database(settings: Settings, keep_running: bool = True) -> tuple[str, bool]:
+    """The database URL to use, starting the embedded PostgreSQL when none is configured."""
+    if settings.database_url:
+        return settings.database_url, False
+    return start_embedded_postgres(settings.data_dir, keep_running=keep_running), True
+
+
+def prepare_database(database_url: str) -> None:
+    engine = make_engine(database_url, pool_size=1)
+    try:
+        migrate(engine)
+    finally:
+        engine.dispose()
+
+
+def start_platform(settings: Settings, ray_address: str | None = None, keep_postgres: bool = True) -> Platform:
+    """Bring everything up and wait until GET /v1/health answers ok."""
+    database_url, embedded = resolve_database(settings, keep_running=keep_postgres)
+    prepare_database(database_url)
+    if not ray.is_initialized():
+        ray.init(address=ray_address, namespace=settings.namespace, log_to_driver=False)
+    routers = [start_region(settings, database_url, region) for region in settings.regions]
+    ray.get([router.ready.remote() for router in routers], timeout=READY_TIMEOUT_S)
+    from switchboard.gateway.app import deploy
+
+    deploy(settings, database_url)
+    platform = Platform(settings=settings, database_url=database_url, embedded_postgres=embedded)
+    wait_healthy(platform.http_url)
+    return platform
+
+
+def wait_healthy(http_url: str, timeout_s: float = READY_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{http_url}/v1/health", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except Exception as error:
+            last_error = error
+        time.sleep(0.5)
+    raise TimeoutError(f"platform at {http_url} not healthy after {timeout_s}s: {last_error}")
+
+
+def stop_platform(settings: Settings) -> None:
+    """Remove the Serve app and the platform's detached actors (Ray itself is left to the caller)."""
+    try:
+        serve.shutdown()
+    except Exception as error:
+        log.warning("serve shutdown: %s", error)
+    for region in settings.regions:
+        names = [registry.router_name(region)]
+        names += [registry.shard_name(region, i) for i in range(settings.shards_per_region)]
+        for name in names:
+            try:
+                ray.kill(registry.get_actor(settings, name), no_restart=True)
+            except ValueError:
+                pass
+
+
+def stop_database(settings: Settings) -> bool:
+    return False if settings.database_url else stop_embedded_postgres(settings.data_dir)

