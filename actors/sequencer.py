@@ -108,16 +108,13 @@ class Sequencer:
         return CommitResult(outcomes=outcomes, events=batch.events)
 
     def _find_sent(self, operations: list[Operation]) -> dict[tuple[str, str, str], Message]:
-        """Originals of retried sends, looked up once per conversation per batch."""
-        keys: dict[str, list[tuple[str, str]]] = collections.defaultdict(list)
-        for operation in operations:
-            if isinstance(operation, SendMessage):
-                keys[operation.conversation_id].append((operation.sender, operation.client_msg_id))
-        found = {}
-        for conversation_id, pairs in keys.items():
-            for (sender, client_msg_id), message in self.store.find_sent(conversation_id, pairs).items():
-                found[(conversation_id, sender, client_msg_id)] = message
-        return found
+        """Originals of retried sends: one query for the whole batch."""
+        keys = [
+            (operation.conversation_id, operation.sender, operation.client_msg_id)
+            for operation in operations
+            if isinstance(operation, SendMessage)
+        ]
+        return self.store.find_sent(keys)
 
     # ---- planning each operation -----------------------------------------------------------
 

@@ -13,6 +13,7 @@ import asyncio
 import collections
 import concurrent.futures
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 
 from switchboard.errors import Overloaded, SwitchboardError
@@ -55,6 +56,7 @@ class MailboxShard:
         self._tasks: list[asyncio.Task] = []
         self.commits = 0
         self.committed_operations = 0
+        self.commit_seconds = 0.0
 
     def start(self) -> None:
         if not self._tasks:
@@ -85,6 +87,7 @@ class MailboxShard:
                 size = min(len(self._queue), self.commit_batch_max)
                 batch = [self._queue.popleft() for _ in range(size)]
                 operations = [operation for operation, _ in batch]
+                started = time.perf_counter()
                 try:
                     result = await loop.run_in_executor(self._writer, self.sequencer.commit, operations)
                     outcomes, events = result.outcomes, result.events
@@ -97,6 +100,7 @@ class MailboxShard:
                         future.set_result(outcome)
                 self.commits += 1
                 self.committed_operations += len(batch)
+                self.commit_seconds += time.perf_counter() - started
                 self._fan_out(events)
 
     def _fan_out(self, events: list[MailboxEvent]) -> None:
@@ -165,6 +169,7 @@ class MailboxShard:
             "queued": len(self._queue),
             "commits": self.commits,
             "committed_operations": self.committed_operations,
+            "commit_seconds": round(self.commit_seconds, 3),
         }
 
     async def _ack_loop(self) -> None:

@@ -14,8 +14,12 @@ import time
 
 from .errors import Invalid, TooLarge
 
-USER_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
-CONVERSATION_ID_RE = re.compile(r"^c_[A-Za-z0-9_\-]{1,64}$")
+# Always used with fullmatch: `$` would also accept a trailing newline.
+USER_ID_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+CONVERSATION_ID_RE = re.compile(r"c_[A-Za-z0-9_\-]{1,64}")
+# PostgreSQL text cannot hold NUL, and UTF-8 cannot hold a lone surrogate: refuse them at the
+# edge, so one bad send cannot fail the group commit it would have joined.
+UNSTORABLE_TEXT_RE = re.compile("[\x00\ud800-\udfff]")
 CLIENT_MSG_ID_MAX = 64
 TITLE_MAX = 200
 NONCE_MAX = 128
@@ -38,21 +42,27 @@ def new_message_id() -> str:
 # ---- field validators ----------------------------------------------------------------------------
 
 def validate_user_id(value: object) -> str:
-    if not isinstance(value, str) or not USER_ID_RE.match(value):
+    if not isinstance(value, str) or not USER_ID_RE.fullmatch(value):
         raise Invalid("user_id must be 1-64 characters of A-Z a-z 0-9 _ . -")
     return value
 
 
 def validate_conversation_id(value: object) -> str:
-    if not isinstance(value, str) or not CONVERSATION_ID_RE.match(value):
+    if not isinstance(value, str) or not CONVERSATION_ID_RE.fullmatch(value):
         raise Invalid("conversation_id is malformed")
+    return value
+
+
+def validate_text(value: str, field: str) -> str:
+    if UNSTORABLE_TEXT_RE.search(value):
+        raise Invalid(f"{field} holds a NUL character or a lone surrogate")
     return value
 
 
 def validate_client_msg_id(value: object) -> str:
     if not isinstance(value, str) or not 1 <= len(value) <= CLIENT_MSG_ID_MAX:
         raise Invalid("client_msg_id must be a string of 1-64 characters")
-    return value
+    return validate_text(value, "client_msg_id")
 
 
 def validate_body(value: object, max_body_bytes: int) -> str:
@@ -61,7 +71,7 @@ def validate_body(value: object, max_body_bytes: int) -> str:
     size = len(value.encode("utf-8", errors="surrogatepass"))
     if size > max_body_bytes:
         raise TooLarge(f"body is {size} bytes; the limit is {max_body_bytes}")
-    return value
+    return validate_text(value, "body")
 
 
 def validate_seq(value: object, field: str = "seq") -> int:
@@ -75,7 +85,7 @@ def validate_title(value: object) -> str:
         return ""
     if not isinstance(value, str) or len(value) > TITLE_MAX:
         raise Invalid(f"title must be a string of at most {TITLE_MAX} characters")
-    return value
+    return validate_text(value, "title")
 
 
 def validate_members(value: object, max_members: int) -> list[str]:

@@ -160,6 +160,6 @@ async def mark_read(conversation_id: str, request: Request):
 
 def _conversation_id(raw: str) -> str:
     """A path id that cannot be a conversation is simply not found (not a malformed request)."""
-    if not protocol.CONVERSATION_ID_RE.match(raw):
+    if not protocol.CONVERSATION_ID_RE.fullmatch(raw):
         raise NotFound("no such conversation")
     return raw

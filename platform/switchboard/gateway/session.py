@@ -38,7 +38,10 @@ class Session:
         self._send_text = send_text
         self._close = close
         self.last_cursor = 0
+        # True while an attach (the first, or a re-attach) is in flight: live events wait in
+        # _buffer, and a resume asked for meanwhile is remembered in _resume_wanted.
         self._attaching = True
+        self._resume_wanted = False
         self._buffer: list[dict] = []
         self._out: asyncio.Queue = asyncio.Queue()
         self._writer: asyncio.Task | None = None
@@ -52,14 +55,13 @@ class Session:
     async def open(self, since: int | None) -> None:
         """Register for live events, replay from `since`, then say `ready`."""
         self._writer = asyncio.create_task(self._write_loop())
+        self.last_cursor = since or 0
         self.core.hub.register(self)
         result = await self.core.hub.attach(self.user_id, since)
         if result.resync_required:
             self._write(protocol.resync_frame(result.head))
-        else:
-            self.last_cursor = since or 0
-            for event in result.events:
-                self._write_event(event.to_frame())
+        for event in result.events:
+            self._write_event(event.to_frame())
         self.last_cursor = result.head
         self._write(protocol.ready_frame(self.user_id, result.head))
         self._finish_attach()
@@ -95,7 +97,10 @@ class Session:
 
     def resume(self) -> None:
         """Re-attach with our last cursor (the shard restarted, or we saw a gap)."""
-        if self.closed or (self._resuming is not None and not self._resuming.done()):
+        if self.closed:
+            return
+        if self._attaching:
+            self._resume_wanted = True  # after the attach in flight, with the cursor it reaches
             return
         self._attaching = True
         self._resuming = asyncio.create_task(self._reattach())
@@ -119,6 +124,9 @@ class Session:
         self._attaching = False
         for frame in buffered:
             self.push_live(frame)
+        if self._resume_wanted and not self._attaching:
+            self._resume_wanted = False
+            self.resume()
 
     def _write_event(self, frame: dict) -> None:
         if frame["cursor"] <= self.last_cursor:

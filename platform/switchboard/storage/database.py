@@ -23,13 +23,14 @@ def sqlalchemy_url(database_url: str) -> str:
 
 
 def make_engine(database_url: str, pool_size: int = 4) -> Engine:
-    # pre_ping replaces connections that died with a database restart before they are used;
-    # the short connect timeout turns "database gone" into a prompt error instead of a hang.
+    # No pre-ping: it would cost a round trip on every checkout of the hot path. A connection
+    # that died with a database restart fails its next use instead; SQLAlchemy then discards the
+    # whole pool, the caller answers `overloaded` for that one batch, and the next one reconnects.
+    # The short connect timeout turns "database gone" into a prompt error instead of a hang.
     return create_engine(
         sqlalchemy_url(database_url),
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
         pool_timeout=5,
         connect_args={"connect_timeout": 3},
     )

@@ -41,7 +41,11 @@ class Message:
     ts: int
 
     def to_wire(self) -> dict:
-        return dataclasses.asdict(self)
+        # Spelled out: dataclasses.asdict deep-copies, and this runs once per message per commit.
+        return {
+            "conversation_id": self.conversation_id, "seq": self.seq, "message_id": self.message_id,
+            "sender": self.sender, "client_msg_id": self.client_msg_id, "body": self.body, "ts": self.ts,
+        }
 
 
 @dataclasses.dataclass

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-import collections
+import json
+from collections import Counter
 
+import psycopg
+import psycopg.errors
 from sqlalchemy import Engine, bindparam, exc, insert, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
@@ -65,28 +68,29 @@ class SqlStore:
 
     # ---- messages ---------------------------------------------------------------------------
 
-    def find_sent(self, conversation_id: str, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Message]:
+    def find_sent(self, keys: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], Message]:
         if not keys:
             return {}
         query = text(
             """
             SELECT m.* FROM messages m
-            JOIN unnest(CAST(:senders AS text[]), CAST(:client_ids AS text[])) AS k(sender, client_msg_id)
-              ON m.sender = k.sender AND m.client_msg_id = k.client_msg_id
-            WHERE m.conversation_id = :conversation_id
+            JOIN unnest(CAST(:conversation_ids AS text[]), CAST(:senders AS text[]),
+                        CAST(:client_ids AS text[])) AS k(conversation_id, sender, client_msg_id)
+              ON m.conversation_id = k.conversation_id AND m.sender = k.sender
+             AND m.client_msg_id = k.client_msg_id
             """
         )
         params = {
-            "conversation_id": conversation_id,
-            "senders": [sender for sender, _ in keys],
-            "client_ids": [client_id for _, client_id in keys],
+            "conversation_ids": [key[0] for key in keys],
+            "senders": [key[1] for key in keys],
+            "client_ids": [key[2] for key in keys],
         }
         try:
             with self.engine.connect() as conn:
                 rows = conn.execute(query, params).mappings().all()
         except exc.DBAPIError as error:
             raise _unavailable(error) from error
-        return {(row["sender"], row["client_msg_id"]): Message(**row) for row in rows}
+        return {(row["conversation_id"], row["sender"], row["client_msg_id"]): Message(**row) for row in rows}
 
     def messages_page(self, conversation_id: str, after: int | None, before: int | None, limit: int) -> list[Message]:
         table = schema.messages
@@ -109,19 +113,52 @@ class SqlStore:
     # ---- the group commit -------------------------------------------------------------------
 
     def apply(self, batch: WriteBatch) -> None:
+        """One transaction. The rare parts (new conversations, membership, read marks) go through
+        SQLAlchemy Core; the hot parts (sequence fences, messages, mailbox events) are one
+        statement each over unnest()ed arrays, sent together in a psycopg pipeline: two round
+        trips and almost no per-row Python, whatever the batch size."""
         try:
             with self.engine.begin() as conn:
                 self._insert_conversations(conn, batch)
                 self._change_members(conn, batch)
-                self._advance_sequences(conn, batch)
-                if batch.messages:
-                    conn.execute(insert(schema.messages), [m.to_wire() for m in batch.messages])
                 self._upsert_read_marks(conn, batch)
-                self._append_events(conn, batch)
+                self._write_hot_path(conn.connection.driver_connection, batch)
         except StaleSequencer:
             raise
+        except psycopg.errors.UniqueViolation as error:
+            # The hot path is pipelined, so a message colliding with one already stored can fail
+            # before the fence check runs: either way another writer moved this conversation.
+            raise StaleSequencer(f"a message collided with a stored one: {error}") from error
         except exc.DBAPIError as error:
+            if isinstance(error.orig, psycopg.errors.UniqueViolation):
+                raise StaleSequencer(f"a row collided with a stored one: {error.orig}") from error
             raise _unavailable(error) from error
+        except psycopg.Error as error:
+            raise _unavailable(error) from error
+
+    def _write_hot_path(self, driver, batch: WriteBatch) -> None:
+        fence_ids = sorted(batch.seq_fences)
+        with driver.cursor() as fences, driver.cursor() as inserts, driver.cursor() as events:
+            with driver.pipeline():
+                if fence_ids:
+                    fences.execute(_ADVANCE_SEQUENCES, {
+                        "ids": fence_ids,
+                        "olds": [batch.seq_fences[i][0] for i in fence_ids],
+                        "news": [batch.seq_fences[i][1] for i in fence_ids],
+                    })
+                if batch.messages:
+                    inserts.execute(_INSERT_MESSAGES, _message_columns(batch.messages))
+                if batch.events:
+                    created_at = batch.messages[0].ts if batch.messages else now_ms()
+                    events.execute(_APPEND_EVENTS, _event_columns(batch.events, created_at))
+            if fence_ids:
+                # A fence that did not move means another sequencer wrote (or a commit we
+                # believed failed had landed): raising here rolls the whole batch back.
+                moved = {row[0] for row in fences.fetchall()}
+                if moved != set(fence_ids):
+                    raise StaleSequencer(f"last_seq moved under the sequencer for {sorted(set(fence_ids) - moved)}")
+            if batch.events:
+                _assign_cursors(batch.events, events.fetchall())
 
     def _insert_conversations(self, conn, batch: WriteBatch) -> None:
         if not batch.new_conversations:
@@ -160,30 +197,6 @@ class SqlStore:
                 [{"cid": c, "uid": u} for c, u in batch.removed_members],
             )
 
-    def _advance_sequences(self, conn, batch: WriteBatch) -> None:
-        """Move each conversation's last_seq, but only from the value its sequencer expects: a
-        second sequencer (or a commit whose outcome was lost) makes the whole batch roll back."""
-        if not batch.seq_fences:
-            return
-        ids = sorted(batch.seq_fences)
-        query = text(
-            """
-            UPDATE conversations c SET last_seq = f.new_seq
-            FROM unnest(CAST(:ids AS text[]), CAST(:olds AS bigint[]), CAST(:news AS bigint[]))
-                 AS f(conversation_id, old_seq, new_seq)
-            WHERE c.conversation_id = f.conversation_id AND c.last_seq = f.old_seq
-            RETURNING c.conversation_id
-            """
-        )
-        params = {
-            "ids": ids,
-            "olds": [batch.seq_fences[i][0] for i in ids],
-            "news": [batch.seq_fences[i][1] for i in ids],
-        }
-        moved = set(conn.execute(query, params).scalars().all())
-        if moved != set(ids):
-            raise StaleSequencer(f"last_seq moved under the sequencer for {sorted(set(ids) - moved)}")
-
     def _upsert_read_marks(self, conn, batch: WriteBatch) -> None:
         if not batch.read_marks:
             return
@@ -193,46 +206,6 @@ class SqlStore:
             set_={"seq": text("GREATEST(read_marks.seq, excluded.seq)")},
         )
         conn.execute(statement, [{"conversation_id": c, "user_id": u, "seq": s} for c, u, s in batch.read_marks])
-
-    def _append_events(self, conn, batch: WriteBatch) -> None:
-        """Hand out cursors and write the events. Rows are locked in user_id order, so two
-        batches that touch the same mailboxes never deadlock; the lock is held to commit, so each
-        user's cursors are also in commit order: a committed cursor N means all below are too."""
-        if not batch.events:
-            return
-        counts = collections.Counter(event.user_id for event in batch.events)
-        users = sorted(counts)
-        query = text(
-            """
-            INSERT INTO mailboxes (user_id, head)
-            SELECT u.user_id, u.n
-            FROM unnest(CAST(:users AS text[]), CAST(:counts AS bigint[])) AS u(user_id, n)
-            ORDER BY u.user_id
-            ON CONFLICT (user_id) DO UPDATE SET head = mailboxes.head + excluded.head
-            RETURNING user_id, head
-            """
-        )
-        heads = dict(conn.execute(query, {"users": users, "counts": [counts[u] for u in users]}).all())
-        next_cursor = {user: heads[user] - counts[user] + 1 for user in users}
-        rows = []
-        now = batch.messages[0].ts if batch.messages else now_ms()
-        for event in batch.events:
-            event.cursor = next_cursor[event.user_id]
-            next_cursor[event.user_id] += 1
-            rows.append(
-                {
-                    "user_id": event.user_id,
-                    "cursor": event.cursor,
-                    "kind": event.kind,
-                    "conversation_id": event.conversation_id,
-                    "seq": event.seq,
-                    # A message event points at its row in messages; storing the body once per
-                    # member would multiply a group's storage by its size.
-                    "payload": None if event.kind == MESSAGE else event.payload,
-                    "created_at": now,
-                }
-            )
-        conn.execute(insert(schema.mailbox_events), rows)
 
     # ---- mailboxes --------------------------------------------------------------------------
 
@@ -328,3 +301,80 @@ def _event_from_row(user_id: str, row) -> MailboxEvent:
         payload=payload, seq=row["seq"], cursor=row["cursor"],
     )
 
+
+
+# ---- the hot-path statements ---------------------------------------------------------------------
+
+_ADVANCE_SEQUENCES = """
+    UPDATE conversations c SET last_seq = f.new_seq
+    FROM unnest(%(ids)s::text[], %(olds)s::bigint[], %(news)s::bigint[]) AS f(conversation_id, old_seq, new_seq)
+    WHERE c.conversation_id = f.conversation_id AND c.last_seq = f.old_seq
+    RETURNING c.conversation_id
+"""
+
+_INSERT_MESSAGES = """
+    INSERT INTO messages (conversation_id, seq, message_id, sender, client_msg_id, body, ts)
+    SELECT * FROM unnest(%(conversation_ids)s::text[], %(seqs)s::bigint[], %(message_ids)s::text[],
+                         %(senders)s::text[], %(client_ids)s::text[], %(bodies)s::text[], %(ts)s::bigint[])
+"""
+
+# Hands out cursors and writes the events in one statement. Mailbox rows are locked in user_id
+# order, so two batches touching the same mailboxes never deadlock; the locks are held to commit,
+# so each user's cursors are in commit order too: a committed cursor N means all below N are.
+_APPEND_EVENTS = """
+    WITH incoming AS (
+        SELECT e.*, row_number() OVER (PARTITION BY e.user_id ORDER BY e.ord) AS nth
+        FROM unnest(%(users)s::text[], %(kinds)s::text[], %(conversation_ids)s::text[],
+                    %(seqs)s::bigint[], %(payloads)s::text[], %(ords)s::int[])
+             AS e(user_id, kind, conversation_id, seq, payload, ord)
+    ), counts AS (
+        SELECT user_id, count(*) AS n FROM incoming GROUP BY user_id
+    ), heads AS (
+        INSERT INTO mailboxes (user_id, head)
+        SELECT user_id, n FROM counts ORDER BY user_id
+        ON CONFLICT (user_id) DO UPDATE SET head = mailboxes.head + excluded.head
+        RETURNING user_id, head
+    )
+    INSERT INTO mailbox_events (user_id, cursor, kind, conversation_id, seq, payload, created_at)
+    SELECT i.user_id, h.head - c.n + i.nth, i.kind, i.conversation_id, i.seq, i.payload::jsonb, %(created_at)s
+    FROM incoming i JOIN heads h USING (user_id) JOIN counts c USING (user_id)
+    RETURNING user_id, cursor
+"""
+
+
+def _message_columns(messages: list[Message]) -> dict:
+    return {
+        "conversation_ids": [m.conversation_id for m in messages],
+        "seqs": [m.seq for m in messages],
+        "message_ids": [m.message_id for m in messages],
+        "senders": [m.sender for m in messages],
+        "client_ids": [m.client_msg_id for m in messages],
+        "bodies": [m.body for m in messages],
+        "ts": [m.ts for m in messages],
+    }
+
+
+def _event_columns(events: list[MailboxEvent], created_at: int) -> dict:
+    return {
+        "users": [e.user_id for e in events],
+        "kinds": [e.kind for e in events],
+        "conversation_ids": [e.conversation_id for e in events],
+        "seqs": [e.seq for e in events],
+        # A message event points at its row in messages; storing the body once per member
+        # would multiply a group's storage by its size.
+        "payloads": [None if e.kind == MESSAGE else json.dumps(e.payload) for e in events],
+        "ords": list(range(len(events))),
+        "created_at": created_at,
+    }
+
+
+def _assign_cursors(events: list[MailboxEvent], returned: list[tuple[str, int]]) -> None:
+    """Each user's cursors in this batch are consecutive and follow the batch order."""
+    first: dict[str, int] = {}
+    for user_id, cursor in returned:
+        if user_id not in first or cursor < first[user_id]:
+            first[user_id] = cursor
+    taken: Counter = Counter()
+    for event in events:
+        event.cursor = first[event.user_id] + taken[event.user_id]
+        taken[event.user_id] += 1

@@ -23,8 +23,8 @@ class StorageUnavailable(Exception):
 class Store(Protocol):
     def load_conversation(self, conversation_id: str) -> Conversation | None: ...
 
-    def find_sent(self, conversation_id: str, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Message]:
-        """Messages already stored under these (sender, client_msg_id) keys."""
+    def find_sent(self, keys: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], Message]:
+        """Messages already stored under these (conversation_id, sender, client_msg_id) keys."""
 
     def apply(self, batch: WriteBatch) -> None:
         """Commit the batch in one transaction, assigning each event its cursor."""
