@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 import urllib.request
 
@@ -36,6 +37,30 @@ class Platform:
         return f"ws://{self.settings.host}:{self.settings.port}/v1/ws"
 
 
+def ray_environment(settings: Settings) -> dict[str, str]:
+    """Environment the Ray processes must start with (raylet, Serve controller, replicas).
+
+    RAY_worker_niceness=0: Ray starts workers at niceness 15 by default, which on a shared node
+    hands the CPU to anything else first; these workers are the latency-critical service.
+    The Serve flags choose direct ingress (see Settings.direct_ingress) and run user code on the
+    replica's own event loop instead of a second thread (one less hand-over per frame).
+    """
+    environment = {"RAY_worker_niceness": "0"}
+    if settings.direct_ingress:
+        environment.update({
+            "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+            "RAY_SERVE_ENABLE_HA_PROXY": "1",
+            "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        })
+    return environment
+
+
+def init_ray(settings: Settings, address: str | None = None, **options) -> None:
+    """Connect to (or start, with address None or "local") Ray with the platform's environment."""
+    os.environ.update(ray_environment(settings))
+    ray.init(address=address, namespace=settings.namespace, log_to_driver=False, **options)
+
+
 def resolve_database(settings: Settings, keep_running: bool = True) -> tuple[str, bool]:
     """The database URL to use, starting the embedded PostgreSQL when none is configured."""
     if settings.database_url:
@@ -56,7 +81,7 @@ def start_platform(settings: Settings, ray_address: str | None = None, keep_post
     database_url, embedded = resolve_database(settings, keep_running=keep_postgres)
     prepare_database(database_url)
     if not ray.is_initialized():
-        ray.init(address=ray_address, namespace=settings.namespace, log_to_driver=False)
+        init_ray(settings, ray_address)
     routers = [start_region(settings, database_url, region) for region in settings.regions]
     ray.get([router.ready.remote() for router in routers], timeout=READY_TIMEOUT_S)
     from switchboard.gateway.app import deploy
