@@ -13,7 +13,7 @@ import dataclasses
 import logging
 
 from switchboard.errors import Forbidden, Invalid, NotFound, Overloaded, SwitchboardError
-from switchboard.protocol import new_message_id, now_ms
+from switchboard.protocol import UNSTORABLE_TEXT_RE, new_message_id, now_ms, validate_text
 from switchboard.storage.models import MEMBER, MESSAGE, RECEIPT, Conversation, MailboxEvent, Message, WriteBatch
 from switchboard.storage.store import StaleSequencer, StorageUnavailable, Store
 
@@ -32,7 +32,6 @@ class _Draft:
     conversation: Conversation
     stored_last_seq: int
     new: bool = False
-    read_marks: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -46,7 +45,6 @@ class Sequencer:
         self.store = store
         self.max_members = max_members
         self._cache: collections.OrderedDict[str, Conversation] = collections.OrderedDict()
-        self._read_marks: dict[tuple[str, str], int] = {}
 
     # ---- reads ------------------------------------------------------------------------------
 
@@ -103,8 +101,6 @@ class Sequencer:
             self.store.apply(batch)
         for draft in drafts.values():
             self._remember(draft.conversation)
-            for user_id, seq in draft.read_marks.items():
-                self._read_marks[(draft.conversation.conversation_id, user_id)] = seq
         return CommitResult(outcomes=outcomes, events=batch.events)
 
     def _find_sent(self, operations: list[Operation]) -> dict[tuple[str, str, str], Message]:
@@ -112,7 +108,7 @@ class Sequencer:
         keys = [
             (operation.conversation_id, operation.sender, operation.client_msg_id)
             for operation in operations
-            if isinstance(operation, SendMessage)
+            if isinstance(operation, SendMessage) and not UNSTORABLE_TEXT_RE.search(operation.client_msg_id)
         ]
         return self.store.find_sent(keys)
 
@@ -135,6 +131,10 @@ class Sequencer:
         draft = self._draft(op.conversation_id, drafts)
         conversation = draft.conversation
         self._require_member(conversation, op.sender)
+        # The gateway refuses these already; checked again here because one unstorable row
+        # would fail the whole group commit it joined, not only its own send.
+        validate_text(op.body, "body")
+        validate_text(op.client_msg_id, "client_msg_id")
         key = (op.conversation_id, op.sender, op.client_msg_id)
         original = known_sends.get(key)
         if original is not None:
@@ -211,10 +211,10 @@ class Sequencer:
         self._require_member(conversation, op.user_id)
         if op.seq > conversation.last_seq:
             raise Invalid(f"seq {op.seq} is beyond the conversation's last_seq {conversation.last_seq}")
-        previous = draft.read_marks.get(op.user_id, self._read_marks.get((op.conversation_id, op.user_id), 0))
+        previous = conversation.read_marks.get(op.user_id, 0)
         if op.seq <= previous:
             return Outcome(value={"conversation_id": op.conversation_id, "seq": previous}, created=False)
-        draft.read_marks[op.user_id] = op.seq
+        conversation.read_marks[op.user_id] = op.seq
         batch.read_marks.append((op.conversation_id, op.user_id, op.seq))
         receipt = {"conversation_id": op.conversation_id, "user_id": op.user_id, "seq": op.seq}
         for user_id in sorted(conversation.members):
@@ -229,7 +229,7 @@ class Sequencer:
             stored = self.conversation(conversation_id)
             if stored is None:
                 raise NotFound("no such conversation")
-            working = dataclasses.replace(stored, members=set(stored.members))
+            working = dataclasses.replace(stored, members=set(stored.members), read_marks=dict(stored.read_marks))
             draft = drafts[conversation_id] = _Draft(working, stored_last_seq=stored.last_seq)
         return draft
 
@@ -259,7 +259,6 @@ class Sequencer:
     def _forget(self, operations: list[Operation]) -> None:
         for operation in operations:
             self._cache.pop(operation.conversation_id, None)
-        self._read_marks.clear()
 
     @staticmethod
     def _all_failed(operations: list[Operation], error: SwitchboardError) -> CommitResult:

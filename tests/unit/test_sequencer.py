@@ -372,7 +372,6 @@ def after_a_failed_commit(sequencer: Sequencer, store: MemoryStore) -> Sequencer
     return sequencer
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Sequencer._read_marks is only a memory cache, never read from storage")
 @pytest.mark.parametrize("forget", [restarted, after_a_failed_commit])
 def test_a_lower_read_mark_is_a_no_op_even_after_the_sequencer_forgot_its_cache(room, store, forget):
     room.commit([send("k1"), send("k2"), send("k3")])
@@ -385,7 +384,6 @@ def test_a_lower_read_mark_is_a_no_op_even_after_the_sequencer_forgot_its_cache(
 
 # ---- text the database cannot store ------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="BUG: text PostgreSQL cannot store fails every operation of its group commit")
 @pytest.mark.parametrize("body", ["nul \x00 inside", "lone surrogate \ud800"])
 def test_a_body_the_database_cannot_store_is_refused_alone(room, store, body):
     result = room.commit([send("bad", body=body), send("k1", sender="bob")])

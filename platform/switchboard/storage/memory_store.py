@@ -260,7 +260,8 @@ class MemoryStore:
 
     def _conversation_copy(self, conversation_id: str) -> Conversation:
         stored = self._conversations[conversation_id]
-        return dataclasses.replace(stored, members=set(self._members[conversation_id]))
+        marks = {u: seq for (cid, u), seq in self._read_marks.items() if cid == conversation_id}
+        return dataclasses.replace(stored, members=set(self._members[conversation_id]), read_marks=marks)
 
     def _event_from_row(self, user_id: str, row: _StoredEvent) -> MailboxEvent:
         if row.kind == MESSAGE:

@@ -18,6 +18,9 @@ class Conversation:
     created_at: int
     last_seq: int
     members: set[str]
+    # The highest seq each member marked read: the sequencer's memory of receipts already sent.
+    # Loaded with the conversation (not part of its wire form).
+    read_marks: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def to_wire(self) -> dict:
         return {

@@ -37,9 +37,14 @@ class SqlStore:
                 member_ids = conn.execute(
                     select(schema.members.c.user_id).where(schema.members.c.conversation_id == conversation_id)
                 ).scalars().all()
+                marks = conn.execute(
+                    select(schema.read_marks.c.user_id, schema.read_marks.c.seq).where(
+                        schema.read_marks.c.conversation_id == conversation_id
+                    )
+                ).all()
         except exc.DBAPIError as error:
             raise _unavailable(error) from error
-        return Conversation(members=set(member_ids), **row)
+        return Conversation(members=set(member_ids), read_marks=dict(marks), **row)
 
     def list_conversations(self, user_id: str) -> list[Conversation]:
         query = text(
