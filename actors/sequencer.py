@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 # Conversations kept in memory per shard; a colder one is reloaded from PostgreSQL on next use.
 CONVERSATION_CACHE_SIZE = 50_000
+# Sends remembered for answering retries without a query; older retries collide in the unique
+# index and are looked up then.
+RECENT_SENDS_SIZE = 100_000
 
 
 @dataclasses.dataclass
@@ -45,6 +48,7 @@ class Sequencer:
         self.store = store
         self.max_members = max_members
         self._cache: collections.OrderedDict[str, Conversation] = collections.OrderedDict()
+        self._recent_sends: collections.OrderedDict[tuple[str, str, str], Message] = collections.OrderedDict()
 
     # ---- reads ------------------------------------------------------------------------------
 
@@ -65,16 +69,21 @@ class Sequencer:
     # ---- the group commit -------------------------------------------------------------------
 
     def commit(self, operations: list[Operation]) -> CommitResult:
-        """Validate, sequence and durably commit a batch; one Outcome per operation, in order."""
+        """Validate, sequence and durably commit a batch; one Outcome per operation, in order.
+
+        The first attempt trusts the unique index to catch a retried send this process does not
+        remember (saving a query per batch); a collision rolls the batch back, and the second
+        attempt looks the originals up first.
+        """
         try:
-            return self._commit_once(operations)
+            return self._commit_once(operations, look_up_originals=False)
         except StaleSequencer as error:
-            # Our cached last_seq was wrong (another owner wrote, or a commit we thought failed
-            # had landed). Forget what we knew and plan the batch again from the database.
-            log.warning("sequencer reloading after %s", error)
+            # A retried send collided, or our cached last_seq was wrong (another owner wrote, or
+            # a commit we thought failed had landed). Forget, reload and plan the batch again.
+            log.info("sequencer re-planning a batch: %s", error)
             self._forget(operations)
             try:
-                return self._commit_once(operations)
+                return self._commit_once(operations, look_up_originals=True)
             except (StaleSequencer, StorageUnavailable) as second:
                 self._forget(operations)
                 return self._all_failed(operations, Overloaded(f"commit failed: {second}"))
@@ -84,10 +93,10 @@ class Sequencer:
             self._forget(operations)
             return self._all_failed(operations, Overloaded(str(error)))
 
-    def _commit_once(self, operations: list[Operation]) -> CommitResult:
+    def _commit_once(self, operations: list[Operation], look_up_originals: bool) -> CommitResult:
         batch = WriteBatch()
         drafts: dict[str, _Draft] = {}
-        known_sends = self._find_sent(operations)
+        known_sends = self._known_sends(operations, look_up_originals)
         outcomes = []
         for operation in operations:
             try:
@@ -101,16 +110,28 @@ class Sequencer:
             self.store.apply(batch)
         for draft in drafts.values():
             self._remember(draft.conversation)
+        for message in batch.messages:
+            self._remember_send(message)
         return CommitResult(outcomes=outcomes, events=batch.events)
 
-    def _find_sent(self, operations: list[Operation]) -> dict[tuple[str, str, str], Message]:
-        """Originals of retried sends: one query for the whole batch."""
+    def _known_sends(self, operations: list[Operation], look_up: bool) -> dict[tuple[str, str, str], Message]:
+        """Originals of retried sends: those this sequencer committed recently, and with
+        `look_up` any other stored one (one query for the whole batch)."""
         keys = [
             (operation.conversation_id, operation.sender, operation.client_msg_id)
             for operation in operations
-            if isinstance(operation, SendMessage) and not UNSTORABLE_TEXT_RE.search(operation.client_msg_id)
+            if isinstance(operation, SendMessage)
         ]
-        return self.store.find_sent(keys)
+        known = {key: self._recent_sends[key] for key in keys if key in self._recent_sends}
+        if look_up:
+            storable = [key for key in keys if key not in known and not UNSTORABLE_TEXT_RE.search(key[2])]
+            known.update(self.store.find_sent(storable))
+        return known
+
+    def _remember_send(self, message: Message) -> None:
+        self._recent_sends[(message.conversation_id, message.sender, message.client_msg_id)] = message
+        while len(self._recent_sends) > RECENT_SENDS_SIZE:
+            self._recent_sends.popitem(last=False)
 
     # ---- planning each operation -----------------------------------------------------------
 
