@@ -34,7 +34,10 @@ class Settings:
     region: str = "local"
     regions: tuple[str, ...] = ("local",)
     namespace: str = "switchboard"
-    shards_per_region: int = 2
+    # Mailbox-shard actors per region. One per two cores or so: on the 2-core reference machine
+    # one shard beats two (no cross-shard delivery hop, larger group commits, one process fewer
+    # competing for the CPU; see the README's benchmark figures). Raise it as nodes are added.
+    shards_per_region: int = 1
 
     # Ingress. One WebSocket holds one Serve request slot for its whole life, so the slot count
     # is the number of sockets a replica may hold, not a request concurrency.
