@@ -73,6 +73,7 @@ class MailboxHost:
         self.gap_repair_delay_s = gap_repair_delay_s
         self._mailboxes: dict[str, _Mailbox] = {}
         self._outboxes: dict[str, GatewayOutbox] = {}
+        self._last_seen: dict[str, float] = {}  # gateway_id -> monotonic time of its last sign
         self._acks: dict[str, int] = {}
 
     # ---- gateways and their sockets -------------------------------------------------------
@@ -98,9 +99,25 @@ class MailboxHost:
     def current_outbox(self, gateway_id: str) -> GatewayOutbox | None:
         return self._outboxes.get(gateway_id)
 
+    def touch(self, gateway_id: str, now: float) -> None:
+        """A sign of life from a gateway replica (its heartbeat, a stream, an attach)."""
+        self._last_seen[gateway_id] = now
+
+    def expire_gateways(self, now: float, lease_s: float) -> list[str]:
+        """Drop the gateways silent for longer than the lease. A replica whose process died never
+        ends its stream (Ray keeps the generator of a dead caller running), so only its silence
+        tells that its sockets are gone."""
+        expired = [g for g, seen in self._last_seen.items() if now - seen > lease_s]
+        for gateway_id in expired:
+            self.drop_gateway(gateway_id)
+        return expired
+
     def drop_gateway(self, gateway_id: str) -> None:
         """Forget a gateway replica that went away, and every socket it held."""
-        self._outboxes.pop(gateway_id, None)
+        self._last_seen.pop(gateway_id, None)
+        outbox = self._outboxes.pop(gateway_id, None)
+        if outbox is not None:
+            outbox.ready.set()  # its stream, if one still runs, wakes and ends
         for user_id in [u for u, box in self._mailboxes.items() if gateway_id in box.gateways]:
             self.detach(gateway_id, user_id, all_sockets=True)
 

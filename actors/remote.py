@@ -87,6 +87,9 @@ class ShardActor:
     async def attach(self, gateway_id, user_id, since):
         return await self.shard.attach(gateway_id, user_id, since)
 
+    async def heartbeat(self, gateway_id):
+        self.shard.heartbeat(gateway_id)
+
     async def detach(self, gateway_id, user_id):
         self.shard.detach(gateway_id, user_id)
 

@@ -28,6 +28,9 @@ from .sequencer import Sequencer
 log = logging.getLogger(__name__)
 
 ACK_FLUSH_INTERVAL_S = 2.0
+# Gateways heartbeat every few seconds (gateway/delivery.py); one silent for a lease is dropped.
+GATEWAY_LEASE_S = 6.0
+LEASE_SWEEP_INTERVAL_S = 1.0
 
 
 class PeerLink:
@@ -60,7 +63,11 @@ class MailboxShard:
 
     def start(self) -> None:
         if not self._tasks:
-            self._tasks = [asyncio.create_task(self._commit_loop()), asyncio.create_task(self._ack_loop())]
+            self._tasks = [
+                asyncio.create_task(self._commit_loop()),
+                asyncio.create_task(self._ack_loop()),
+                asyncio.create_task(self._lease_loop()),
+            ]
 
     # ---- the send path ---------------------------------------------------------------------
 
@@ -135,7 +142,12 @@ class MailboxShard:
 
     async def attach(self, gateway_id: str, user_id: str, since: int | None) -> AttachResult:
         self.start()
+        self.mailboxes.touch(gateway_id, time.monotonic())
         return await self.mailboxes.attach(gateway_id, user_id, since)
+
+    def heartbeat(self, gateway_id: str) -> None:
+        self.start()
+        self.mailboxes.touch(gateway_id, time.monotonic())
 
     def detach(self, gateway_id: str, user_id: str) -> None:
         self.mailboxes.detach(gateway_id, user_id)
@@ -152,6 +164,7 @@ class MailboxShard:
     async def stream(self, gateway_id: str) -> AsyncIterator[list[tuple[str, dict]]]:
         """Deliveries for one gateway replica, in batches, for as long as it listens."""
         self.start()
+        self.mailboxes.touch(gateway_id, time.monotonic())
         outbox = self.mailboxes.open_outbox(gateway_id)
         try:
             while self.mailboxes.current_outbox(gateway_id) is outbox:
@@ -171,6 +184,12 @@ class MailboxShard:
             "committed_operations": self.committed_operations,
             "commit_seconds": round(self.commit_seconds, 3),
         }
+
+    async def _lease_loop(self) -> None:
+        while True:
+            await asyncio.sleep(LEASE_SWEEP_INTERVAL_S)
+            for gateway_id in self.mailboxes.expire_gateways(time.monotonic(), GATEWAY_LEASE_S):
+                log.warning("gateway %s silent for %.0f s: dropped its sockets", gateway_id, GATEWAY_LEASE_S)
 
     async def _ack_loop(self) -> None:
         while True:

@@ -312,13 +312,6 @@ async def test_killed_gateway_replica_is_replaced_and_clients_resume(sb, new_use
 
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: actors/shard.py MailboxShard.stream() drops a gateway (MailboxHost.drop_gateway) only in "
-    "its `finally`, which never runs when the gateway replica's process dies: Ray keeps the streaming "
-    "generator running for a dead caller. Every mailbox that replica held stays online for good (seen "
-    "for 60 s, with events still flowing into the dead gateway's outbox), so shard memory grows with "
-    "each lost replica. Fix: a liveness lease, e.g. the gateway re-opens or heartbeats its streams and "
-    "the shard drops a gateway silent for longer than a few seconds."))
 async def test_dead_gateway_replica_sockets_are_forgotten(sb, new_user):
     alice, bob = new_user("alice"), new_user("bob")
     cid = (await alice.api.create_ok([bob.user_id]))["conversation_id"]

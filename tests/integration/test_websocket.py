@@ -224,14 +224,6 @@ async def test_oversized_body_is_too_large_and_the_connection_stays_open(new_use
     assert [m["seq"] for m in await alice.api.history_ok(cid)] == [1]
 
 
-CLOSE_FRAME_LOST = (
-    "BUG: gateway/websocket.py _read_frames returns as soon as Session.close() has queued the close "
-    "(session.closed is True), and websocket_endpoint's finally calls Session.shutdown(), which cancels "
-    "the writer task before it sends the queued close frame: the client sees 1006 (abnormal closure) "
-    "instead of the close code. Fix: let the writer drain (await it, bounded) before shutdown()."
-)
-
-
 async def send_oversized_frame(new_user):
     alice = new_user("alice")
     cid = await conversation(alice)
@@ -248,7 +240,6 @@ async def test_frame_over_64_kib_ends_the_connection(new_user):
     assert await alice.api.history_ok(cid) == []
 
 
-@pytest.mark.xfail(strict=True, reason=CLOSE_FRAME_LOST)
 async def test_frame_over_64_kib_closes_1009(new_user):
     _, _, a = await send_oversized_frame(new_user)
     assert await a.wait_closed() == CLOSE_TOO_LARGE
@@ -385,18 +376,11 @@ async def test_flooding_past_the_rate_limit_ends_the_connection(new_user):
     assert len(history) <= SEND_BURST + FLOOD_STRIKES * 4
 
 
-@pytest.mark.xfail(strict=True, reason=CLOSE_FRAME_LOST)
 async def test_flooding_past_the_rate_limit_closes_4008(new_user):
     _, _, a = await flood(new_user)
     assert a.close_code == CLOSE_POLICY
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: on a policy close, gateway/session.py Session.shutdown() cancels the writer (dropping the "
-    "`sent` answers and rate_limited errors already queued) and the `_commit_send` tasks of sends the "
-    "limiter had accepted (never submitted, or committed without an answer): those sends get no "
-    "answer at all, against guarantee 7. Fix: before closing, flush the outbox and let accepted sends "
-    "finish (or answer them), then close 4008."))
 async def test_flooding_answers_every_send_before_the_close(new_user):
     alice, cid, a = await flood(new_user)
     answers = [f for f in a.frames if f["type"] in ("sent", "error")]

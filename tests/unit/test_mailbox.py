@@ -263,3 +263,18 @@ async def test_acks_keep_the_highest_cursor_until_taken(host):
     host.ack("bob", 1)
     assert host.take_acks() == {"alice": 5, "bob": 1}
     assert host.take_acks() == {}
+
+
+# ---- gateway leases ----------------------------------------------------------------------------
+
+async def test_a_gateway_silent_past_its_lease_loses_its_sockets(host):
+    await host.attach("gw-dead", "alice", since=None)
+    await host.attach("gw-live", "bob", since=None)
+    host.touch("gw-dead", now=100.0)
+    host.touch("gw-live", now=100.0)
+    assert host.expire_gateways(now=105.0, lease_s=6.0) == []
+    host.touch("gw-live", now=104.0)
+    assert host.expire_gateways(now=107.0, lease_s=6.0) == ["gw-dead"]
+    assert host.online_users() == 1
+    assert host.current_outbox("gw-dead") is None
+    assert host.current_outbox("gw-live") is not None

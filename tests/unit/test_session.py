@@ -323,9 +323,13 @@ async def test_flooding_past_flood_strikes_closes_with_4008(make_session):
     assert [f["code"] for f in client.frames if f["type"] == "error"] == ["rate_limited"] * 3
     assert client.closed_with == (CLOSE_POLICY, "flooding past the rate limit")
     assert session.closed
+    # The send accepted before the flood is answered before the close (guarantee 7) ...
+    assert [f["client_msg_id"] for f in client.frames if f["type"] == "sent"] == ["k0"]
+    frames_at_close = len(client.frames)
+    # ... and nothing is taken or written after it.
     await session.handle_text(json.dumps({"type": "ping", "nonce": "late"}))
     await settle()
-    assert client.frames[-1]["type"] == "error"  # nothing is written after the close
+    assert len(client.frames) == frames_at_close
 
 
 async def test_an_accepted_send_resets_the_strikes(make_session):
@@ -404,3 +408,10 @@ async def test_shutdown_unregisters_and_stops_writing(make_session):
     await settle()
     assert session.core.hub.unregistered == [session]
     assert client.cursors() == []
+
+
+async def test_shutting_down_twice_leaves_the_mailbox_once(make_session):
+    session, client = await make_session(attached(0))
+    session.shutdown()
+    session.shutdown()
+    assert session.core.hub.unregistered == [session]

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 RECONNECT_BACKOFF_S = 0.2
 ATTACH_RETRY_S = 0.2
+# Well inside the shards' lease (actors/shard.py GATEWAY_LEASE_S), so two lost beats are survived.
+HEARTBEAT_INTERVAL_S = 2.0
 
 
 class DeliveryHub:
@@ -41,6 +43,7 @@ class DeliveryHub:
     async def start(self) -> None:
         for index in range(len(self.directory.handles)):
             self._pumps.append(asyncio.create_task(self._pump(index)))
+        self._pumps.append(asyncio.create_task(self._heartbeat()))
 
     async def stop(self) -> None:
         for task in self._pumps:
@@ -105,6 +108,16 @@ class DeliveryHub:
                 log.exception("delivery stream from shard %d failed", index)
                 reconnecting = True
             await asyncio.sleep(RECONNECT_BACKOFF_S)
+
+    async def _heartbeat(self) -> None:
+        """Tell every shard this replica lives; a dead one stops, and the shards forget its sockets."""
+        while True:
+            for handle in self.directory.handles:
+                try:
+                    handle.heartbeat.remote(self.gateway_id)
+                except Exception as error:  # a restarting shard: the next beat reaches it
+                    log.debug("heartbeat failed: %s", error)
+            await asyncio.sleep(HEARTBEAT_INTERVAL_S)
 
     def _resume_shard(self, index: int) -> None:
         for user_id, sessions in list(self.sessions.items()):

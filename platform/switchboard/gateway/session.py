@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 OUTBOX_MAX_FRAMES = 20_000
 # Sends one connection may have waiting for their commit at once.
 SENDS_IN_FLIGHT_MAX = 1_000
+# Time for the last frames and the close frame to reach a client being closed.
+CLOSE_GRACE_S = 1.0
 
 
 class Session:
@@ -48,7 +50,10 @@ class Session:
         self._resuming: asyncio.Task | None = None
         self._sends: set[asyncio.Task] = set()
         self._refusals = 0
-        self.closed = False
+        self.closed = False  # no more client frames are taken (closing, or gone)
+        self._gone = False  # the socket itself is gone: nothing more can be written
+        self._closer: asyncio.Task | None = None
+        self._shut_down = False
 
     # ---- life cycle ----------------------------------------------------------------------------
 
@@ -67,16 +72,38 @@ class Session:
         self._finish_attach()
 
     async def close(self, code: int, reason: str) -> None:
+        """Stop taking frames; answer every send already accepted; then close with `code`.
+        (Guarantee 7: a send is answered even when its connection is being closed.)"""
         if self.closed:
             return
         self.closed = True
+        self._closer = asyncio.create_task(self._close_after_answers(code, reason))
+
+    async def _close_after_answers(self, code: int, reason: str) -> None:
+        pending = set(self._sends)
+        if pending:
+            await asyncio.wait(pending, timeout=self.core.settings.send_timeout_s + CLOSE_GRACE_S)
         self._out.put_nowait((code, reason))
 
+    async def finish(self) -> None:
+        """The read side is done: let a close in progress reach the client (bounded), then shut
+        down. Without this the close frame would be cancelled and the client would see 1006."""
+        if self.closed:
+            tasks = [t for t in (self._closer, self._writer) if t is not None and not t.done()]
+            if tasks:
+                await asyncio.wait(tasks, timeout=self.core.settings.send_timeout_s + 2 * CLOSE_GRACE_S)
+        self.shutdown()
+
     def shutdown(self) -> None:
-        """The socket is gone: stop writing, cancel pending work, leave the mailbox."""
+        """The socket is gone: stop writing, cancel pending work, leave the mailbox (once: the
+        mailbox counts this replica's sockets, so a second detach would drop a sibling's)."""
+        if self._shut_down:
+            return
+        self._shut_down = True
         self.closed = True
+        self._gone = True
         self.core.hub.unregister(self)
-        for task in (self._writer, self._resuming, *self._sends):
+        for task in (self._writer, self._resuming, self._closer, *self._sends):
             if task is not None and not task.done():
                 task.cancel()
 
@@ -140,6 +167,8 @@ class Session:
         self._write(protocol.error_frame(code, message))
 
     async def handle_text(self, text: str) -> None:
+        if self.closed:
+            return
         try:
             frame = protocol.parse_client_frame(text, self.core.settings.max_body_bytes)
         except protocol.FrameError as error:
@@ -201,21 +230,29 @@ class Session:
     # ---- the socket writer ---------------------------------------------------------------------
 
     def _write(self, frame: dict) -> None:
-        if self.closed:
+        if self._gone:
             return
         if self._out.qsize() >= OUTBOX_MAX_FRAMES:
-            self.closed = True
+            # Too slow to read: close at once (the client resumes with `since`, and retries any
+            # unanswered send with its client_msg_id), rather than grow this replica's memory.
+            self.closed = self._gone = True
             self._out.put_nowait((CLOSE_GOING_AWAY, "too slow to read; reconnect with since"))
             return
         self._out.put_nowait(json.dumps(frame, separators=(",", ":")))
 
     async def _write_loop(self) -> None:
-        while True:
-            item = await self._out.get()
-            if isinstance(item, tuple):
-                await self._close(*item)
-                return
-            await self._send_text(item)
+        try:
+            while True:
+                item = await self._out.get()
+                if isinstance(item, tuple):
+                    await self._close(*item)
+                    return
+                await self._send_text(item)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # the client went away mid-write: the reader will see it too
+            log.debug("socket of %s stopped taking frames: %s", self.user_id, error)
+            self._gone = True
 
 
 def _error_fields(error: SwitchboardError) -> dict:

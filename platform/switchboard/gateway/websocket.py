@@ -49,6 +49,7 @@ async def websocket_endpoint(websocket: WebSocket):
             await websocket.close(code=CLOSE_GOING_AWAY, reason="mailbox unavailable; retry")
             return
         await _read_frames(core, websocket, session)
+        await session.finish()
     except WebSocketDisconnect:
         pass
     finally:
