@@ -2,7 +2,7 @@
 
 Ray actor calls cost per call, not per byte (DESIGN.md: ~1.5-2k calls/s from one caller whatever
 the batch), so every operation bound for one shard waits for the call in flight to that shard and
-leaves with everything that queued meanwhile: one call per batch, at most a couple in flight.
+leaves with everything that queued meanwhile: one call per batch, one call in flight per shard.
 """
 
 from __future__ import annotations
@@ -25,7 +25,10 @@ from switchboard.settings import Settings
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 512
-IN_FLIGHT_PER_SHARD = 2
+# One: the shard commits one batch at a time anyway, so a second call in flight would only wait in
+# its queue; holding the operations here instead sends them as one larger batch (measured: W1 p99
+# 78 ms with one in flight against 84-239 ms with two, W2 throughput the same).
+IN_FLIGHT_PER_SHARD = 1
 RETRY_BACKOFF_S = 0.2
 
 # A shard that died or is restarting: worth retrying the call, since every operation is
