@@ -51,6 +51,10 @@ def ray_environment(settings: Settings) -> dict[str, str]:
             "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
             "RAY_SERVE_ENABLE_HA_PROXY": "1",
             "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+            # A stopping replica stays open this long so load balancers can deregister it; the
+            # HAProxy in front is Serve's own and is updated at once, and the 30 s default made
+            # every `switchboard down` and redeploy wait half a minute.
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
         })
     return environment
 
