@@ -24,9 +24,3 @@ class Placement:
 class RegionRouter:
     def __init__(self, region: str, namespace: str, shard_names: list[str]):
         self.placement = Placement(region=region, namespace=namespace, shard_names=tuple(shard_names))
-
-    def describe(self) -> dict:
-        return {
-            "region": self.placement.region,
-            "shards": list(self.placement.shard_names),
-        }

@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 from switchboard.errors import Overloaded, SwitchboardError
+from switchboard.protocol import typing_frame
 from switchboard.storage.models import MailboxEvent
 from switchboard.storage.store import StorageUnavailable, Store
 
@@ -130,7 +131,7 @@ class MailboxShard:
             return Outcome.failed(error)
         except StorageUnavailable as error:
             return Outcome.failed(Overloaded(str(error)))
-        frame = {"type": "typing", "conversation_id": conversation_id, "user_id": user_id}
+        frame = typing_frame(conversation_id, user_id)
         for shard_index, user_ids in group_by(recipients, self.ring.user_shard).items():
             if shard_index == self.index:
                 self.mailboxes.deliver_ephemeral(user_ids, frame)

@@ -78,9 +78,3 @@ class RateLimited(SwitchboardError):
 class Overloaded(SwitchboardError):
     code = Code.OVERLOADED
 
-
-def error_from_code(code: str, message: str) -> SwitchboardError:
-    for cls in (Unauthorized, Forbidden, NotFound, Invalid, TooLarge, RateLimited, Overloaded):
-        if cls.code.value == code:
-            return cls(message)
-    return SwitchboardError(message)

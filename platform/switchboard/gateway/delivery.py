@@ -38,7 +38,6 @@ class DeliveryHub:
         self.attach_deadline_s = attach_deadline_s
         self.sessions: dict[str, set[Session]] = collections.defaultdict(set)
         self._pumps: list[asyncio.Task] = []
-        self.frames_delivered = 0
 
     async def start(self) -> None:
         for index in range(len(self.directory.handles)):
@@ -49,9 +48,6 @@ class DeliveryHub:
         for task in self._pumps:
             task.cancel()
         await asyncio.gather(*self._pumps, return_exceptions=True)
-
-    def connection_count(self) -> int:
-        return sum(len(sessions) for sessions in self.sessions.values())
 
     # ---- sessions ----------------------------------------------------------------------------
 
@@ -129,4 +125,3 @@ class DeliveryHub:
         for user_id, frame in batch:
             for session in self.sessions.get(user_id, ()):
                 session.push_live(frame)
-                self.frames_delivered += 1
