@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import time
 
 import ray
@@ -18,6 +17,7 @@ import ray
 from switchboard.settings import Settings
 from switchboard.storage.database import make_engine
 from switchboard.storage.sql_store import SqlStore
+from switchboard.tuning import tune_interpreter
 
 from . import registry
 from .ring import Ring
@@ -57,16 +57,10 @@ class RayPeers(PeerLink):
             log.warning("ephemeral delivery to shard %d failed: %s", shard_index, error)
 
 
-# The writer thread waits on PostgreSQL several times per commit, and after each wait it needs
-# the GIL back from the event-loop thread; at Python's default 5 ms switch interval that convoy
-# alone adds tens of milliseconds to a commit under load.
-GIL_SWITCH_INTERVAL_S = 0.0005
-
-
 @ray.remote
 class ShardActor:
     def __init__(self, settings: Settings, database_url: str, region: str, index: int):
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+        tune_interpreter()
         self.shard = MailboxShard(
             index=index,
             ring=Ring(settings.shards_per_region),

@@ -284,13 +284,19 @@ async def online_users(sb) -> int:
     return sum(s["online_users"] for s in await router.stats.remote())
 
 
-async def test_killed_gateway_replica_is_replaced_and_clients_resume(sb, new_user):
+async def pair_with_one_message(new_user, text: str):
+    """alice and bob in a conversation; bob's device online and holding alice's first message."""
     alice, bob = new_user("alice"), new_user("bob")
     cid = (await alice.api.create_ok([bob.user_id]))["conversation_id"]
     receiver = Device(bob)
     await receiver.connect()
-    before = await alice.api.post_ok(cid, "before the replica dies")
+    before = await alice.api.post_ok(cid, text)
     await receiver.take_messages(1, timeout=10)
+    return alice, bob, cid, receiver, before
+
+
+async def test_killed_gateway_replica_is_replaced_and_clients_resume(sb, new_user):
+    alice, bob, cid, receiver, before = await pair_with_one_message(new_user, "before the replica dies")
     last = receiver.last_cursor
 
     old = gateway_replicas()
@@ -345,12 +351,7 @@ async def roll_out_new_gateway(sb) -> None:
 
 
 async def test_rolling_update_keeps_every_message(sb, new_user):
-    alice, bob = new_user("alice"), new_user("bob")
-    cid = (await alice.api.create_ok([bob.user_id]))["conversation_id"]
-    receiver = Device(bob)
-    await receiver.connect()
-    before = await alice.api.post_ok(cid, "before the rollout")
-    await receiver.take_messages(1, timeout=10)
+    alice, bob, cid, receiver, before = await pair_with_one_message(new_user, "before the rollout")
     last = receiver.last_cursor
 
     old = gateway_replicas()

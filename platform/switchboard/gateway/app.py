@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -12,6 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from switchboard.errors import Invalid, NotFound, SwitchboardError
 from switchboard.settings import Settings
+from switchboard.tuning import tune_interpreter
 
 from . import http_api, websocket
 from .core import GatewayCore
@@ -21,7 +21,6 @@ log = logging.getLogger(__name__)
 
 APP_NAME = "switchboard"
 DEPLOYMENT_NAME = "Gateway"
-GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 def build_app(core: GatewayCore) -> FastAPI:
@@ -56,9 +55,7 @@ def build_app(core: GatewayCore) -> FastAPI:
 @serve.ingress()
 class Gateway:
     async def __init__(self, settings: Settings, database_url: str):
-        # Ray's own threads and the user event loop share the GIL; a short switch interval keeps
-        # a busy loop from holding replies back for Python's default 5 ms per hand-over.
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+        tune_interpreter()
         self.core = GatewayCore(settings, database_url)
         await self.core.start()
 

@@ -8,7 +8,7 @@ import time
 import uuid
 
 from switchboard.actors.ops import Operation, Outcome
-from switchboard.errors import Forbidden, NotFound, Overloaded, RateLimited, SwitchboardError
+from switchboard.errors import Forbidden, NotFound, Overloaded, SwitchboardError
 from switchboard.settings import Settings
 from switchboard.storage.database import make_engine
 from switchboard.storage.models import Conversation
@@ -66,11 +66,6 @@ class GatewayCore:
         except Exception as error:
             cause = unwrap(error)
             return Outcome.failed(cause if isinstance(cause, SwitchboardError) else SwitchboardError())
-
-    def check_rate(self, user_id: str) -> None:
-        retry_after_ms = self.limiter.retry_after_ms(user_id)
-        if retry_after_ms:
-            raise RateLimited("over the send rate; retry later", retry_after_ms=retry_after_ms)
 
     # ---- reads go straight to PostgreSQL ----------------------------------------------------
 

@@ -126,7 +126,7 @@ async def send_message(conversation_id: str, request: Request):
         client_msg_id=protocol.validate_client_msg_id(body.get("client_msg_id")),
         body=protocol.validate_body(body.get("body"), core.settings.max_body_bytes),
     )
-    core.check_rate(me.user_id)
+    core.limiter.check(me.user_id)
     outcome = await core.run(operation)
     return JSONResponse(outcome.value, status_code=201 if outcome.created else 200)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from switchboard.errors import RateLimited
+
 # Buckets of users idle this long are full again; forgetting them bounds the memory they take.
 IDLE_FORGET_S = 300.0
 
@@ -44,6 +46,12 @@ class RateLimiter:
             bucket = self._buckets[user_id] = TokenBucket(self.rate_per_s, self.burst, now)
         wait_s = bucket.take(now)
         return 0 if wait_s == 0.0 else max(1, int(wait_s * 1000 + 0.999))
+
+    def check(self, user_id: str) -> None:
+        """Spend a token of user_id's, or raise RateLimited saying when to retry."""
+        retry_after_ms = self.retry_after_ms(user_id)
+        if retry_after_ms:
+            raise RateLimited("over the send rate; retry later", retry_after_ms=retry_after_ms)
 
     def _sweep(self, now: float) -> None:
         if now - self._last_sweep < IDLE_FORGET_S:

@@ -48,7 +48,7 @@ class Session:
         self._out: asyncio.Queue = asyncio.Queue()
         self._writer: asyncio.Task | None = None
         self._resuming: asyncio.Task | None = None
-        self._sends: set[asyncio.Task] = set()
+        self._in_flight: set[asyncio.Task] = set()  # sends, reads and typing waiting for a shard
         self._refusals = 0
         self.closed = False  # no more client frames are taken (closing, or gone)
         self._gone = False  # the socket itself is gone: nothing more can be written
@@ -80,7 +80,7 @@ class Session:
         self._closer = asyncio.create_task(self._close_after_answers(code, reason))
 
     async def _close_after_answers(self, code: int, reason: str) -> None:
-        pending = set(self._sends)
+        pending = set(self._in_flight)
         if pending:
             await asyncio.wait(pending, timeout=self.core.settings.send_timeout_s + CLOSE_GRACE_S)
         self._out.put_nowait((code, reason))
@@ -103,7 +103,7 @@ class Session:
         self.closed = True
         self._gone = True
         self.core.hub.unregister(self)
-        for task in (self._writer, self._resuming, self._closer, *self._sends):
+        for task in (self._writer, self._resuming, self._closer, *self._in_flight):
             if task is not None and not task.done():
                 task.cancel()
 
@@ -188,17 +188,17 @@ class Session:
             self._write(protocol.error_frame("invalid", "already authenticated"))
 
     async def _on_send(self, frame: protocol.SendFrame) -> None:
-        retry_after_ms = self.core.limiter.retry_after_ms(self.user_id)
-        if retry_after_ms:
+        try:
+            self.core.limiter.check(self.user_id)
+        except RateLimited as error:
             self._refusals += 1
             if self._refusals > self.core.settings.flood_strikes:
                 await self.close(CLOSE_POLICY, "flooding past the rate limit")
                 return
-            error = RateLimited("over the send rate; retry later", retry_after_ms=retry_after_ms)
             self._write(protocol.error_frame(**_error_fields(error), ref=frame.client_msg_id))
             return
         self._refusals = 0
-        if len(self._sends) >= SENDS_IN_FLIGHT_MAX:
+        if len(self._in_flight) >= SENDS_IN_FLIGHT_MAX:
             error = Overloaded("too many sends waiting for their commit on this connection")
             self._write(protocol.error_frame(**_error_fields(error), ref=frame.client_msg_id))
             return
@@ -224,8 +224,8 @@ class Session:
 
     def _spawn(self, coroutine) -> None:
         task = asyncio.create_task(coroutine)
-        self._sends.add(task)
-        task.add_done_callback(self._sends.discard)
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
 
     # ---- the socket writer ---------------------------------------------------------------------
 
