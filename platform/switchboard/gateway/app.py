@@ -13,9 +13,10 @@ from switchboard.errors import Invalid, NotFound, SwitchboardError
 from switchboard.settings import Settings
 from switchboard.tuning import tune_interpreter
 
-from . import http_api, websocket
+from . import http_api, web, websocket
 from .core import GatewayCore
-from .wire_errors import CLOSE_GOING_AWAY, error_response
+from .drain import DrainWatch
+from .wire_errors import error_response
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ def build_app(core: GatewayCore) -> FastAPI:
     app.state.core = core
     app.include_router(http_api.router)
     app.include_router(websocket.router)
+    app.include_router(web.router)
 
     @app.exception_handler(SwitchboardError)
     async def on_domain_error(_: Request, error: SwitchboardError):
@@ -58,14 +60,19 @@ class Gateway:
         tune_interpreter()
         self.core = GatewayCore(settings, database_url)
         await self.core.start()
+        self.drain_watch = DrainWatch.for_this_replica(self.core.drain)
+        if self.drain_watch is not None:
+            self.drain_watch.start()
 
     def __serve_build_asgi_app__(self):
         return build_app(self.core)
 
     async def __del__(self):
-        """Drain: tell every socket to go away (1001) so its client resumes elsewhere with `since`."""
-        for session in list(self.core.sessions):
-            await session.close(CLOSE_GOING_AWAY, "server draining; reconnect with since")
+        """Last step of a stop (Serve calls it once no socket is left): close anything the drain
+        watch missed, then stop the delivery streams."""
+        if self.drain_watch is not None:
+            self.drain_watch.stop()
+        await self.core.drain()
         await self.core.stop()
 
 

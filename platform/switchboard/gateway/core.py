@@ -18,6 +18,7 @@ from switchboard.storage.store import StorageUnavailable
 from .delivery import DeliveryHub
 from .rate_limit import RateLimiter
 from .shards import SHARD_GONE, ShardBatcher, ShardDirectory, unwrap
+from .wire_errors import CLOSE_GOING_AWAY
 
 HEALTH_CACHE_S = 1.0
 
@@ -33,12 +34,20 @@ class GatewayCore:
         self.hub: DeliveryHub | None = None
         self._health = (0.0, False)
         self.sessions: set = set()  # live WebSocket sessions, for drain
+        self.draining = False  # set once: new sockets are turned away, open ones closed 1001
 
     async def start(self) -> None:
         self.directory = await ShardDirectory.from_router(self.settings)
         self.batchers = [ShardBatcher(h, self.settings.send_timeout_s) for h in self.directory.handles]
         self.hub = DeliveryHub(self.gateway_id, self.directory, attach_deadline_s=self.settings.send_timeout_s)
         await self.hub.start()
+
+    async def drain(self) -> None:
+        """This replica is going away: every socket answers its accepted sends, then closes with
+        1001 so its client resumes with `since` on another replica; new sockets are turned away."""
+        self.draining = True
+        for session in list(self.sessions):
+            await session.close(CLOSE_GOING_AWAY, "server draining; reconnect with since")
 
     async def stop(self) -> None:
         if self.hub is not None:
@@ -85,6 +94,8 @@ class GatewayCore:
 
     async def healthy(self) -> bool:
         """Ready for traffic: shards reachable through our streams and PostgreSQL answering."""
+        if self.draining:
+            return False
         checked_at, ok = self._health
         if time.monotonic() - checked_at < HEALTH_CACHE_S:
             return ok

@@ -28,6 +28,11 @@ class _Closed(Exception):
 async def websocket_endpoint(websocket: WebSocket):
     core = websocket.app.state.core
     await websocket.accept()
+    if core.draining:
+        # A late arrival on a replica being removed: send it on at once (HAProxy takes it off
+        # this replica within a health check; the client retries with backoff).
+        await websocket.close(code=CLOSE_GOING_AWAY, reason="server draining; reconnect with since")
+        return
     try:
         identity, since = await _authenticate(core, websocket)
     except _Closed:
