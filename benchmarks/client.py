@@ -3,6 +3,10 @@
 Every send is stamped with this process's monotonic clock under (sender, client_msg_id); every
 `message` event a user receives is matched against that stamp, so send-to-receive latency needs no
 clock shared with the server. It only ever connects to loopback: it is a local load generator.
+
+Sockets and HTTP calls go through the SDK (switchboard.client): its raw `Connection`, not the
+reconnecting `Client`, because a benchmark must see every frame as sent and count a dropped socket
+as a failure rather than heal it.
 """
 
 from __future__ import annotations
@@ -14,10 +18,10 @@ import time
 from urllib.parse import urlsplit
 
 import httpx
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from switchboard.auth import mint_token
+from switchboard.client import ApiError, ClientError, HttpApi, SessionClosed
+from switchboard.client import Connection as Socket
 
 REFUSAL_CODES = ("rate_limited", "overloaded")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
@@ -71,14 +75,13 @@ async def health_problem(base_url: str) -> str | None:
 
 async def create_conversation(http: httpx.AsyncClient, target: Target, creator: str,
                               members: list[str], title: str = "bench") -> dict:
-    response = await http.post(
-        target.http_url + "/v1/conversations",
-        json={"members": members, "title": title},
-        headers={"Authorization": f"Bearer {target.token(creator)}"},
-    )
-    if response.status_code != 201:
-        raise BenchError(f"POST /v1/conversations answered {response.status_code}: {response.text[:200]}")
-    return response.json()
+    """The new conversation's conversation_id and members."""
+    try:
+        conversation = await HttpApi(target.http_url, target.token(creator), http=http).create_conversation(
+            members, title=title)
+    except ApiError as exc:
+        raise BenchError(f"POST /v1/conversations answered {exc.status}: {exc.code}: {exc.message[:200]}") from None
+    return {"conversation_id": conversation.conversation_id, "members": list(conversation.members)}
 
 
 # ---- what was sent and what arrived --------------------------------------------------------------
@@ -178,9 +181,9 @@ class Connection:
     """One authenticated socket. A reader task files every frame in the ledger and resolves the
     future each `send` returned, so senders may wait for answers (closed loop) or not (paced)."""
 
-    def __init__(self, user_id: str, ws: ClientConnection, ledger: Ledger, cursor: int):
+    def __init__(self, user_id: str, socket: Socket, ledger: Ledger, cursor: int):
         self.user_id = user_id
-        self.ws = ws
+        self.socket = socket
         self.ledger = ledger
         self.cursor = cursor
         self.is_open = True
@@ -191,19 +194,11 @@ class Connection:
     @classmethod
     async def open(cls, target: Target, user_id: str, ledger: Ledger) -> Connection:
         try:
-            ws = await connect(target.ws_url, open_timeout=CONNECT_TIMEOUT_S, close_timeout=2.0,
-                               ping_interval=None, compression=None, max_size=MAX_FRAME_BYTES)
-        except (OSError, InvalidHandshake, asyncio.TimeoutError) as exc:
-            raise BenchError(f"{user_id}: cannot open {target.ws_url}: {exc!r}") from None
-        try:
-            await ws.send(json.dumps({"type": "auth", "token": target.token(user_id)}))
-            async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                while (frame := json.loads(await ws.recv()))["type"] != "ready":
-                    pass  # nothing is replayed without `since`; skip anything else
-        except (ConnectionClosed, asyncio.TimeoutError) as exc:
-            await ws.close()
-            raise BenchError(f"{user_id}: no `ready` after auth: {exc!r}") from None
-        return cls(user_id, ws, ledger, frame["cursor"])
+            socket = await Socket.open(target.ws_url, target.token(user_id), timeout_s=CONNECT_TIMEOUT_S,
+                                       keepalive_s=None, max_size=MAX_FRAME_BYTES)
+        except ClientError as exc:
+            raise BenchError(f"{user_id}: no `ready` from {target.ws_url}: {exc}") from None
+        return cls(user_id, socket, ledger, socket.cursor)
 
     async def send(self, conversation_id: str, client_msg_id: str, body: str) -> asyncio.Future[Answer]:
         answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
@@ -212,14 +207,14 @@ class Connection:
         frame = {"type": "send", "conversation_id": conversation_id,
                  "client_msg_id": client_msg_id, "body": body}
         try:
-            await self.ws.send(json.dumps(frame))
-        except ConnectionClosed:
+            await self.socket.send_text(json.dumps(frame))
+        except SessionClosed:
             self._resolve(client_msg_id, Answer("closed"))
         return answer
 
     async def close(self) -> None:
         self._closing = True
-        await self.ws.close()
+        await self.socket.close()
         try:
             await asyncio.wait_for(self._reader, CONNECT_TIMEOUT_S)
         except asyncio.TimeoutError:
@@ -227,10 +222,8 @@ class Connection:
 
     async def _read(self) -> None:
         try:
-            async for text in self.ws:
-                self._dispatch(json.loads(text))
-        except ConnectionClosed:
-            pass
+            async for frame in self.socket:  # ends when the socket closes
+                self._dispatch(frame)
         finally:
             self.is_open = False
             if not self._closing:

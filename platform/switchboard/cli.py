@@ -1,4 +1,4 @@
-"""The `switchboard` command: up, down, status, token, migrate.
+"""The `switchboard` command: up, down, status, token, migrate (and send, tail, demo: client_commands.py).
 
 `up` leaves a Ray head, the embedded PostgreSQL (unless DATABASE_URL is set) and the Serve app
 running after the command exits, and records what it started in <data_dir>/state.json. `down`
@@ -27,6 +27,7 @@ import warnings
 from pathlib import Path
 
 from switchboard.auth import DEFAULT_TOKEN_TTL_S
+from switchboard.client_commands import add_client_commands
 from switchboard.settings import Settings, SettingsError
 
 STATE_FILE = "state.json"
@@ -461,6 +462,7 @@ def parser() -> argparse.ArgumentParser:
                        help=f"lifetime in seconds (default {DEFAULT_TOKEN_TTL_S})")
     token.set_defaults(run=cmd_token)
     commands.add_parser("migrate", help="apply the database migrations").set_defaults(run=cmd_migrate)
+    add_client_commands(commands)  # send, tail, demo: client_commands.py
     return top
 
 

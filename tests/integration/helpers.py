@@ -1,7 +1,9 @@
 """Small clients for the integration tests: a WebSocket client that collects every frame, an HTTP
 client that carries a bearer token, and unique user ids so tests never see each other's traffic.
 
-Kept minimal on purpose (issue #3 adds the real SDK, `switchboard.client`)."""
+Both stand on the SDK (switchboard.client): its raw `Connection` (no reconnects, no filtering, so
+the tests see exactly the frames the server sent) and `HttpApi.request` (raw responses, so the tests
+check statuses and error bodies themselves)."""
 
 from __future__ import annotations
 
@@ -13,8 +15,7 @@ from collections.abc import Callable
 
 import httpx
 from switchboard.auth import mint_token
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from switchboard.client import Connection, HttpApi, SessionClosed
 
 # Frames normally arrive within milliseconds; these bound a wait, they are not sleeps.
 FRAME_TIMEOUT_S = 5.0
@@ -34,8 +35,8 @@ class WsClient:
     """One WebSocket connection. A reader task appends every server frame to `frames` (the full
     record, never consumed) and to a pending list that `next` takes frames from."""
 
-    def __init__(self, ws: ClientConnection, user_id: str):
-        self.ws = ws
+    def __init__(self, conn: Connection, user_id: str):
+        self.conn = conn
         self.user_id = user_id
         self.frames: list[dict] = []
         self.raw: list[str] = []
@@ -50,27 +51,29 @@ class WsClient:
 
     async def _read(self) -> None:
         try:
-            async for text in self.ws:
+            while True:
+                text = await self.conn.recv_text()
                 self.raw.append(text)
                 frame = json.loads(text)
                 self.frames.append(frame)
                 self._pending.append(frame)
                 self._changed.set()
-        except ConnectionClosed:
+        except SessionClosed:
             pass
         finally:
             self.closed = True
-            self.close_code = self.ws.close_code
-            self.close_reason = self.ws.close_reason
+            self.close_code = self.conn.close_code
+            self.close_reason = self.conn.close_reason
             self._changed.set()
 
     # ---- sending -----------------------------------------------------------------------------
 
     async def send_json(self, frame: dict) -> None:
-        await self.ws.send(json.dumps(frame))
+        """Raises SessionClosed once the socket is closed."""
+        await self.conn.send(frame)
 
     async def send_raw(self, data: str | bytes) -> None:
-        await self.ws.send(data)
+        await self.conn.send_text(data)
 
     async def send(self, conversation_id: str, body: str, client_msg_id: str | None = None) -> str:
         client_msg_id = client_msg_id or unique_id()
@@ -166,7 +169,7 @@ class WsClient:
     async def close(self) -> None:
         if not self.closed:
             try:
-                await asyncio.wait_for(self.ws.close(), 2)
+                await asyncio.wait_for(self.conn.close(), 2)
             except Exception:
                 pass
         self._reader.cancel()
@@ -177,12 +180,9 @@ async def open_ws(ws_url: str, user_id: str, token: str, since: int | None = Non
                   wait_ready: bool = True, timeout: float = FRAME_TIMEOUT_S) -> WsClient:
     """Connect, send the auth frame and (by default) wait for `ready`; the frames before `ready`
     are kept in `replayed` (and not left pending)."""
-    ws = await connect(ws_url, max_size=None, open_timeout=timeout, ping_interval=None)
-    client = WsClient(ws, user_id)
-    auth: dict = {"type": "auth", "token": token}
-    if since is not None:
-        auth["since"] = since
-    await client.send_json(auth)
+    conn = await Connection.connect(ws_url, timeout_s=timeout, max_size=None)
+    client = WsClient(conn, user_id)
+    await conn.authenticate(token, since)
     if wait_ready:
         client.ready = await client.next_of_type("ready", timeout)
         index = client.frames.index(client.ready)
@@ -194,30 +194,32 @@ async def open_ws(ws_url: str, user_id: str, token: str, since: int | None = Non
 
 async def open_raw_ws(ws_url: str, timeout: float = FRAME_TIMEOUT_S) -> WsClient:
     """A connection that has sent nothing yet (for auth-failure tests)."""
-    ws = await connect(ws_url, max_size=None, open_timeout=timeout, ping_interval=None)
-    return WsClient(ws, "anonymous")
+    return WsClient(await Connection.connect(ws_url, timeout_s=timeout, max_size=None), "anonymous")
 
 
 class Api:
-    """The HTTP API as one user, over httpx.AsyncClient with a bearer token."""
+    """The HTTP API as one user: raw httpx responses through the SDK's HttpApi. `http` (an
+    httpx.AsyncClient with the base URL and the bearer token as default header) is there for tests
+    that send odd requests; `sdk` is the same user's typed HttpApi, sharing it."""
 
     def __init__(self, http_url: str, user_id: str, token: str | None):
         self.user_id = user_id
         self.token = token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.AsyncClient(base_url=http_url, headers=headers, timeout=30.0)
+        self.sdk = HttpApi(http_url, None, http=self.http)  # the token is the client's default header
 
     async def aclose(self) -> None:
         await self.http.aclose()
 
     def request(self, method: str, path: str, **kwargs):
-        return self.http.request(method, path, **kwargs)
+        return self.sdk.request(method, path, **kwargs)
 
     async def create(self, members: list[str], title: str | None = None) -> httpx.Response:
         body: dict = {"members": members}
         if title is not None:
             body["title"] = title
-        return await self.http.post("/v1/conversations", json=body)
+        return await self.request("POST", "/v1/conversations", json=body)
 
     async def create_ok(self, members: list[str], title: str | None = None) -> dict:
         response = await self.create(members, title)
@@ -225,19 +227,19 @@ class Api:
         return response.json()
 
     async def list(self) -> httpx.Response:
-        return await self.http.get("/v1/conversations")
+        return await self.request("GET", "/v1/conversations")
 
     async def get(self, cid: str) -> httpx.Response:
-        return await self.http.get(f"/v1/conversations/{cid}")
+        return await self.request("GET", f"/v1/conversations/{cid}")
 
     async def add_member(self, cid: str, user_id: str) -> httpx.Response:
-        return await self.http.post(f"/v1/conversations/{cid}/members", json={"user_id": user_id})
+        return await self.request("POST", f"/v1/conversations/{cid}/members", json={"user_id": user_id})
 
     async def remove_member(self, cid: str, user_id: str) -> httpx.Response:
-        return await self.http.delete(f"/v1/conversations/{cid}/members/{user_id}")
+        return await self.request("DELETE", f"/v1/conversations/{cid}/members/{user_id}")
 
     async def post(self, cid: str, body: str, client_msg_id: str | None = None) -> httpx.Response:
-        return await self.http.post(f"/v1/conversations/{cid}/messages",
+        return await self.request("POST", f"/v1/conversations/{cid}/messages",
                                     json={"client_msg_id": client_msg_id or unique_id(), "body": body})
 
     async def post_ok(self, cid: str, body: str, client_msg_id: str | None = None) -> dict:
@@ -246,7 +248,7 @@ class Api:
         return response.json()
 
     async def history(self, cid: str, **params) -> httpx.Response:
-        return await self.http.get(f"/v1/conversations/{cid}/messages", params=params)
+        return await self.request("GET", f"/v1/conversations/{cid}/messages", params=params)
 
     async def history_ok(self, cid: str, **params) -> list[dict]:
         response = await self.history(cid, **params)
@@ -254,7 +256,7 @@ class Api:
         return response.json()["messages"]
 
     async def read(self, cid: str, seq) -> httpx.Response:
-        return await self.http.post(f"/v1/conversations/{cid}/read", json={"seq": seq})
+        return await self.request("POST", f"/v1/conversations/{cid}/read", json={"seq": seq})
 
 
 class User:

@@ -10,7 +10,7 @@ import pytest
 from conftest import FLOOD_STRIKES, SEND_BURST
 from helpers import assert_message, open_raw_ws, unique_id
 from switchboard.auth import mint_token
-from websockets.exceptions import ConnectionClosed
+from switchboard.client import SessionClosed
 
 pytestmark = pytest.mark.integration
 
@@ -359,7 +359,7 @@ async def flood(new_user):
     try:
         for i in range(SEND_BURST + FLOOD_STRIKES * 4):
             await a.send(cid, f"flood {i}")
-    except ConnectionClosed:
+    except SessionClosed:
         pass
     await a.wait_closed(timeout=10)
     return alice, cid, a
