@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import ray
 from helpers import User, unique_user
-from switchboard.local import start_platform, stop_platform
+from switchboard.local import init_ray, start_platform, stop_platform
+from switchboard.private_ports import private_serve_ports
 from switchboard.settings import Settings
 from switchboard.storage.database import make_engine, stop_embedded_postgres
 from switchboard.storage.sql_store import SqlStore
@@ -80,8 +81,11 @@ def sb(tmp_path_factory):
     )
     # A short private temp dir: Ray's unix sockets live under it (path length limit ~107).
     ray_temp_dir = tempfile.mkdtemp(prefix="sbray-", dir="/tmp")
-    ray.init(address="local", namespace=settings.namespace, include_dashboard=False,
-             log_to_driver=False, _temp_dir=ray_temp_dir)
+    # Serve's own ports too: a platform the developer runs on this machine keeps its defaults.
+    os.environ.update(private_serve_ports())
+    # The platform's own Ray environment (direct ingress behind HAProxy, worker niceness), as
+    # `switchboard up` starts it: the tests exercise the configuration users run.
+    init_ray(settings, "local", include_dashboard=False, _temp_dir=ray_temp_dir)
     platform = None
     try:
         platform = start_platform(settings, keep_postgres=False)
