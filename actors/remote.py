@@ -1,32 +1,42 @@
 """The Ray edge: the plain classes of this package made into named, detached, restartable actors.
 
 This is the only module that applies ray.remote. Each actor builds its own database engine from
-the settings it is handed (actors never read the environment), and rebuilds its state from
-PostgreSQL lazily after a start or restart: conversations on first use, mailboxes when a socket
-attaches.
+the settings it is handed (actors never read the environment). On a start or restart it loads its
+checkpoint and replays what changed after it before it serves (actors/checkpoint.py); whatever the
+checkpoint does not hold is still loaded lazily: a conversation on first use, a mailbox when a
+socket attaches.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 
 import ray
 
+from switchboard.protocol import now_ms
 from switchboard.settings import Settings
-from switchboard.storage.database import make_engine
+from switchboard.storage.database import make_engine, warm_up
 from switchboard.storage.sql_store import SqlStore
 from switchboard.tuning import tune_interpreter
 
 from . import registry
+from .checkpoint import decode_router, encode_router
 from .ring import Ring
 from .router import Placement, RegionRouter
 from .shard import MailboxShard, PeerLink
+from .startup import StartupClock
 
 log = logging.getLogger(__name__)
 
 RETENTION_INTERVAL_S = 3600
+# A restarted router whose retention run is overdue waits this long first, so a router restarting
+# in a loop does not prune on every start.
+RETENTION_AFTER_START_S = 60
+# Connections a shard opens before it serves: the writer's, and one for reads (restore, attach).
+SHARD_WARM_CONNECTIONS = 2
 
 
 class RayPeers(PeerLink):
@@ -59,49 +69,102 @@ class RayPeers(PeerLink):
 
 @ray.remote
 class ShardActor:
+    """Serves nothing before its state is restored: every method first waits for `_started`.
+
+    Connecting and restoring (~0.3 s for 10,000 mailboxes) run on a thread right after the
+    constructor, not in it: Ray takes another 0.5-2 s after a restarted actor's constructor
+    returns before callers' calls reach it, and the restore overlaps that wait instead of adding
+    to it. Calls that do arrive early wait for it, so the DESIGN.md rule holds all the same."""
+
     def __init__(self, settings: Settings, database_url: str, region: str, index: int):
+        self.clock = StartupClock()  # the constructor starts once Ray has unpickled (imported) the class
+        self.index = index
         tune_interpreter()
+        self.engine = make_engine(database_url, pool_size=4)
         self.shard = MailboxShard(
             index=index,
             ring=Ring(settings.shards_per_region),
-            store=SqlStore(make_engine(database_url, pool_size=4)),
+            store=SqlStore(self.engine),
             peers=RayPeers(settings, region),
             max_members=settings.max_members,
             commit_batch_max=settings.commit_batch_max,
             queue_max=settings.shard_queue_max,
+            owner=registry.shard_name(region, index),
+            checkpoint_interval_s=settings.checkpoint_interval_s,
         )
         self.started_at = time.time()
+        self._started = asyncio.Event()
+        try:
+            self._starting = asyncio.get_running_loop().create_task(self._start())
+        except RuntimeError:  # no running loop here after all: start before the constructor returns
+            self._restore()
+            self._started.set()
+
+    async def _start(self) -> None:
+        await asyncio.to_thread(self._restore)
+        self.shard.start()
+        self.clock.mark("ready")
+        self._started.set()
+
+    def _restore(self) -> None:
+        # Never let the database stop the shard: whatever is not restored is loaded lazily later.
+        try:
+            warm_up(self.engine, SHARD_WARM_CONNECTIONS)
+            self.clock.mark("connected")
+            self.shard.restore()
+        except Exception as error:
+            log.warning("shard %d starts without its checkpoint: %s", self.index, error)
+        self.clock.mark("restored")
 
     async def submit(self, operations):
+        await self._started.wait()
         return await self.shard.submit(operations)
 
     async def typing(self, conversation_id, user_id):
+        await self._started.wait()
         return await self.shard.typing(conversation_id, user_id)
 
     async def attach(self, gateway_id, user_id, since):
+        await self._started.wait()
         return await self.shard.attach(gateway_id, user_id, since)
 
+    async def attach_many(self, gateway_id, sockets):
+        """[(user_id, since), ...] -> [AttachResult, ...]: a gateway re-attaching its sockets."""
+        await self._started.wait()
+        return await self.shard.attach_many(gateway_id, sockets)
+
     async def heartbeat(self, gateway_id):
+        await self._started.wait()
         self.shard.heartbeat(gateway_id)
 
     async def detach(self, gateway_id, user_id):
+        await self._started.wait()
         self.shard.detach(gateway_id, user_id)
 
     async def ack(self, user_id, cursor):
+        await self._started.wait()
         self.shard.ack(user_id, cursor)
 
     async def deliver(self, events):
+        await self._started.wait()
         self.shard.deliver(events)
 
     async def deliver_ephemeral(self, user_ids, frame):
+        await self._started.wait()
         self.shard.deliver_ephemeral(user_ids, frame)
 
     async def stream(self, gateway_id):
+        await self._started.wait()
         async for batch in self.shard.stream(gateway_id):
             yield batch
 
+    async def checkpoint(self):
+        await self._started.wait()
+        return await self.shard.checkpoint()
+
     async def stats(self):
-        return {**self.shard.stats(), "started_at": self.started_at}
+        await self._started.wait()
+        return {**self.shard.stats(), "started_at": self.started_at, "startup": self.clock.stamps, "pid": os.getpid()}
 
 
 @ray.remote
@@ -112,22 +175,53 @@ class RouterActor:
         self.settings = settings
         self.database_url = database_url
         names = [registry.shard_name(region, i) for i in range(settings.shards_per_region)]
-        self.router = RegionRouter(region, settings.namespace, names)
+        self.router = RegionRouter(region, settings.namespace, names, registry.router_name(region), now_ms())
+        self._store = SqlStore(make_engine(database_url, pool_size=1))
+        self.restored = self._restore()
         self.shards = [
             ShardActor.options(**registry.actor_options(settings, name, region)).remote(
                 settings, database_url, region, index
             )
             for index, name in enumerate(names)
         ]
-        self._store = None
         self._housekeeping = None
+        self._checkpointing = None
+        self._start_housekeeping()
+        self.started_at = time.time()
+
+    def _restore(self) -> bool:
+        try:
+            stored = self._store.load_checkpoint(self.router.owner)
+            checkpoint = decode_router(stored.state) if stored is not None else None
+        except Exception as error:  # never fail the constructor (Ray would not restart the actor)
+            log.warning("router %s starts without its checkpoint: %s", self.router.owner, error)
+            return False
+        if checkpoint is not None:
+            self.router.restore(checkpoint)
+        return checkpoint is not None
 
     async def placement(self) -> Placement:
         self._start_housekeeping()
         return self.router.placement
 
+    async def checkpoint(self) -> dict:
+        """Write the router's state to PostgreSQL (periodically, on drain, after retention)."""
+        snapshot = self.router.snapshot(now_ms())
+        await asyncio.to_thread(self._store.save_checkpoint, snapshot.owner, snapshot.taken_at, encode_router(snapshot))
+        return {"taken_at": snapshot.taken_at, "epoch": snapshot.epoch,
+                "retention_last_run": snapshot.retention_last_run}
+
+    async def info(self) -> dict:
+        """The router's own state (stats() is its shards')."""
+        self._start_housekeeping()
+        placement = self.router.placement
+        return {"region": placement.region, "shard_names": placement.shard_names, "epoch": placement.epoch,
+                "retention_last_run": self.router.retention_last_run, "restored": self.restored,
+                "started_at": self.started_at}
+
     async def ready(self) -> bool:
         """True once every shard of the region answers."""
+        self._start_housekeeping()
         await asyncio.gather(*(shard.stats.remote() for shard in self.shards))
         return True
 
@@ -135,26 +229,49 @@ class RouterActor:
         return list(await asyncio.gather(*(shard.stats.remote() for shard in self.shards)))
 
     async def prune_mailboxes(self) -> int:
-        from switchboard.protocol import now_ms
-
-        if self._store is None:
-            self._store = SqlStore(make_engine(self.database_url, pool_size=1))
         return await asyncio.to_thread(
             self._store.prune_mailboxes, self.settings.retention_days, self.settings.retention_events, now_ms()
         )
 
     def _start_housekeeping(self) -> None:
-        if self._housekeeping is None:
-            self._housekeeping = asyncio.create_task(self._retention_loop())
+        """Start the router's loops; from the constructor (Ray runs an async actor's constructor
+        on its event loop) or, failing a running loop there, from its first call."""
+        if self._housekeeping is not None:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._housekeeping = asyncio.create_task(self._retention_loop())
+        if self.settings.checkpoint_interval_s > 0:
+            self._checkpointing = asyncio.create_task(self._checkpoint_loop())
 
     async def _retention_loop(self) -> None:
         while True:
-            await asyncio.sleep(RETENTION_INTERVAL_S)
+            await asyncio.sleep(self.router.retention_due_in_s(now_ms(), RETENTION_INTERVAL_S, RETENTION_AFTER_START_S))
             try:
                 pruned = await self.prune_mailboxes()
                 log.info("retention pruned %d mailbox events", pruned)
             except Exception as error:
                 log.warning("retention run failed: %s", error)
+            self.router.retention_ran(now_ms())
+            try:
+                await self.checkpoint()
+            except Exception as error:
+                log.warning("router checkpoint failed: %s", error)
+
+    async def _checkpoint_loop(self) -> None:
+        written = None
+        while True:
+            await asyncio.sleep(self.settings.checkpoint_interval_s)
+            state = (self.router.placement, self.router.retention_last_run)
+            if state == written:
+                continue
+            try:
+                await self.checkpoint()
+                written = state
+            except Exception as error:
+                log.warning("router checkpoint failed: %s", error)
 
 
 def start_region(settings: Settings, database_url: str, region: str):

@@ -17,11 +17,12 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 from switchboard.errors import Overloaded, SwitchboardError
-from switchboard.protocol import typing_frame
+from switchboard.protocol import now_ms, typing_frame
 from switchboard.storage.models import MailboxEvent
 from switchboard.storage.store import StorageUnavailable, Store
 
-from .mailbox import AttachResult, MailboxHost
+from .checkpoint import ShardCheckpoint, collector_paused, decode_shard, encode_shard
+from .mailbox import AttachResult, Delivery, MailboxHost
 from .ops import Operation, Outcome
 from .ring import Ring
 from .sequencer import Sequencer
@@ -32,6 +33,9 @@ ACK_FLUSH_INTERVAL_S = 2.0
 # Gateways heartbeat every few seconds (gateway/delivery.py); one silent for a lease is dropped.
 GATEWAY_LEASE_S = 6.0
 LEASE_SWEEP_INTERVAL_S = 1.0
+# Sends a checkpoint keeps for answering retries from memory after a restart (the sequencer keeps
+# more; the sends committed after the checkpoint are replayed from PostgreSQL anyway).
+CHECKPOINT_RECENT_SENDS = 10_000
 
 
 class PeerLink:
@@ -44,8 +48,11 @@ class PeerLink:
 
 class MailboxShard:
     def __init__(self, *, index: int, ring: Ring, store: Store, peers: PeerLink, max_members: int,
-                 commit_batch_max: int, queue_max: int):
+                 commit_batch_max: int, queue_max: int, owner: str | None = None,
+                 checkpoint_interval_s: float = 0.0):
         self.index = index
+        self.owner = owner or f"shard:{index}"  # the key of its checkpoint
+        self.checkpoint_interval_s = checkpoint_interval_s
         self.ring = ring
         self.store = store
         self.peers = peers
@@ -61,6 +68,11 @@ class MailboxShard:
         self.commits = 0
         self.committed_operations = 0
         self.commit_seconds = 0.0
+        self.first_submit_at: float | None = None  # wall clock, for measuring recovery
+        self.first_commit_at: float | None = None
+        self._checkpoint_lock = asyncio.Lock()
+        self.last_checkpoint: dict = {}
+        self.restored: dict = {}
 
     def start(self) -> None:
         if not self._tasks:
@@ -69,11 +81,15 @@ class MailboxShard:
                 asyncio.create_task(self._ack_loop()),
                 asyncio.create_task(self._lease_loop()),
             ]
+            if self.checkpoint_interval_s > 0:
+                self._tasks.append(asyncio.create_task(self._checkpoint_loop()))
 
     # ---- the send path ---------------------------------------------------------------------
 
     async def submit(self, operations: list[Operation]) -> list[Outcome]:
         self.start()
+        if self.first_submit_at is None:
+            self.first_submit_at = time.time()
         if len(self._queue) + len(operations) > self.queue_max:
             error = Overloaded(f"shard {self.index} has {len(self._queue)} operations queued")
             return [Outcome.failed(error) for _ in operations]
@@ -109,6 +125,8 @@ class MailboxShard:
                 self.commits += 1
                 self.committed_operations += len(batch)
                 self.commit_seconds += time.perf_counter() - started
+                if self.first_commit_at is None:
+                    self.first_commit_at = time.time()
                 self._fan_out(events)
 
     def _fan_out(self, events: list[MailboxEvent]) -> None:
@@ -146,6 +164,11 @@ class MailboxShard:
         self.mailboxes.touch(gateway_id, time.monotonic())
         return await self.mailboxes.attach(gateway_id, user_id, since)
 
+    async def attach_many(self, gateway_id: str, sockets: list[tuple[str, int | None]]) -> list[AttachResult]:
+        self.start()
+        self.mailboxes.touch(gateway_id, time.monotonic())
+        return await self.mailboxes.attach_many(gateway_id, sockets)
+
     def heartbeat(self, gateway_id: str) -> None:
         self.start()
         self.mailboxes.touch(gateway_id, time.monotonic())
@@ -162,7 +185,7 @@ class MailboxShard:
     def deliver_ephemeral(self, user_ids: list[str], frame: dict) -> None:
         self.mailboxes.deliver_ephemeral(user_ids, frame)
 
-    async def stream(self, gateway_id: str) -> AsyncIterator[list[tuple[str, dict]]]:
+    async def stream(self, gateway_id: str) -> AsyncIterator[list[Delivery]]:
         """Deliveries for one gateway replica, in batches, for as long as it listens."""
         self.start()
         self.mailboxes.touch(gateway_id, time.monotonic())
@@ -184,13 +207,91 @@ class MailboxShard:
             "commits": self.commits,
             "committed_operations": self.committed_operations,
             "commit_seconds": round(self.commit_seconds, 3),
+            "conversation_loads": self.sequencer.loads,
+            "replans": self.sequencer.replans,
+            "first_submit_at": self.first_submit_at,
+            "first_commit_at": self.first_commit_at,
+            "restored": self.restored,
+            "last_checkpoint": self.last_checkpoint,
         }
+
+    # ---- checkpoints (actors/checkpoint.py) ---------------------------------------------------
+
+    async def checkpoint(self) -> dict:
+        """Write this shard's state to PostgreSQL (periodically, and on drain); returns figures.
+
+        Commits go on meanwhile: the sequencer's part is captured on the writer thread between
+        two commits (references only, ~1 ms), the mailboxes' on the event loop; encoding and the
+        write run on another thread, in chunks that never hold the GIL for long."""
+        async with self._checkpoint_lock:
+            started = time.perf_counter()
+            conversations, sends = await asyncio.get_running_loop().run_in_executor(
+                self._writer, self.sequencer.snapshot, CHECKPOINT_RECENT_SENDS
+            )
+            mailboxes, gateways = self.mailboxes.snapshot()
+            checkpoint = ShardCheckpoint(
+                owner=self.owner, shard_count=self.ring.shard_count, taken_at=now_ms(), commits=self.commits,
+                conversations=conversations, recent_sends=sends, mailboxes=mailboxes, gateways=gateways,
+            )
+            state = await asyncio.to_thread(encode_shard, checkpoint)
+            await asyncio.to_thread(self.store.save_checkpoint, self.owner, checkpoint.taken_at, state)
+            self.last_checkpoint = {
+                "taken_at": checkpoint.taken_at, "bytes": len(state), "conversations": len(conversations),
+                "recent_sends": len(sends), "mailboxes": len(mailboxes), "gateways": len(gateways),
+                "seconds": round(time.perf_counter() - started, 4),
+            }
+            return self.last_checkpoint
+
+    def restore(self) -> dict:
+        """Load the last checkpoint and replay what came after it; call before serving (blocking).
+        Without a usable checkpoint the shard starts empty and loads lazily, as it always could."""
+        with collector_paused():
+            return self._restore()
+
+    def _restore(self) -> dict:
+        started = time.perf_counter()
+        stored = self.store.load_checkpoint(self.owner)
+        checkpoint = decode_shard(stored.state) if stored is not None else None
+        if checkpoint is not None and checkpoint.shard_count != self.ring.shard_count:
+            log.warning("checkpoint of %s was taken with %d shards, not %d: not used",
+                        self.owner, checkpoint.shard_count, self.ring.shard_count)
+            checkpoint = None
+        if checkpoint is None:
+            self.restored = {"loaded": False}
+            return self.restored
+        loaded = time.perf_counter()
+        sequencer = self.sequencer.restore(checkpoint.conversations, checkpoint.recent_sends)
+        heads = self.store.mailbox_heads([record.user_id for record in checkpoint.mailboxes])
+        mailboxes = self.mailboxes.restore(checkpoint.mailboxes, checkpoint.gateways, heads, time.monotonic())
+        self.restored = {
+            "loaded": True, "taken_at": checkpoint.taken_at, "bytes": len(stored.state),
+            "load_seconds": round(loaded - started, 4),
+            "replay_seconds": round(time.perf_counter() - loaded, 4),
+            **sequencer, **{f"mailbox_{key}": value for key, value in mailboxes.items()},
+        }
+        return self.restored
+
+    async def _checkpoint_loop(self) -> None:
+        written = None
+        while True:
+            await asyncio.sleep(self.checkpoint_interval_s)
+            state = (self.commits, self.mailboxes.online_users())
+            if state == written:
+                continue  # nothing committed and nobody came or went: the stored one is current
+            try:
+                await self.checkpoint()
+                written = state
+            except Exception as error:  # the next round tries again; a restart replays more meanwhile
+                log.warning("checkpoint of %s failed: %s", self.owner, error)
 
     async def _lease_loop(self) -> None:
         while True:
             await asyncio.sleep(LEASE_SWEEP_INTERVAL_S)
-            for gateway_id in self.mailboxes.expire_gateways(time.monotonic(), GATEWAY_LEASE_S):
+            now = time.monotonic()
+            for gateway_id in self.mailboxes.expire_gateways(now, GATEWAY_LEASE_S):
                 log.warning("gateway %s silent for %.0f s: dropped its sockets", gateway_id, GATEWAY_LEASE_S)
+            if dropped := self.mailboxes.expire_restored(now):
+                log.info("%d restored sockets were not re-attached by their gateway: dropped", dropped)
 
     async def _ack_loop(self) -> None:
         while True:

@@ -20,6 +20,7 @@ from switchboard.storage.database import make_engine, migrate, start_embedded_po
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 120
+CHECKPOINT_TIMEOUT_S = 30
 
 
 @dataclasses.dataclass
@@ -116,14 +117,32 @@ def stop_platform(settings: Settings) -> None:
         serve.shutdown()
     except Exception as error:
         log.warning("serve shutdown: %s", error)
-    for region in settings.regions:
-        names = [registry.router_name(region)]
-        names += [registry.shard_name(region, i) for i in range(settings.shards_per_region)]
-        for name in names:
-            try:
-                ray.kill(registry.get_actor(settings, name), no_restart=True)
-            except ValueError:
-                pass
+    names = [registry.router_name(region) for region in settings.regions]
+    names += [registry.shard_name(region, i) for region in settings.regions for i in range(settings.shards_per_region)]
+    checkpoint_actors(settings, names)
+    for name in names:
+        try:
+            ray.kill(registry.get_actor(settings, name), no_restart=True)
+        except ValueError:
+            pass
+
+
+def checkpoint_actors(settings: Settings, names: list[str]) -> None:
+    """Drain: every router and shard writes its state, so the next start replays nothing."""
+    refs = []
+    for name in names:
+        try:
+            refs.append(registry.get_actor(settings, name).checkpoint.remote())
+        except ValueError:
+            pass  # never started, or already gone
+    done, late = ray.wait(refs, num_returns=len(refs), timeout=CHECKPOINT_TIMEOUT_S) if refs else ([], [])
+    for ref in done:
+        try:
+            ray.get(ref)
+        except Exception as error:  # a checkpoint only saves work on the next start
+            log.warning("checkpoint on stop failed: %s", error)
+    if late:
+        log.warning("%d checkpoints on stop did not finish in %d s", len(late), CHECKPOINT_TIMEOUT_S)
 
 
 def stop_database(settings: Settings) -> bool:

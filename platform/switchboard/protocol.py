@@ -220,3 +220,21 @@ def pong_frame(nonce: object) -> dict:
 
 def typing_frame(conversation_id: str, user_id: str) -> dict:
     return {"type": "typing", "conversation_id": conversation_id, "user_id": user_id}
+
+
+# ---- server frames as text ---------------------------------------------------------------------
+# Deliveries leave a shard already rendered: a message's JSON is written once for all its
+# recipients, and the gateway forwards text instead of unpickling and re-encoding a dict per
+# socket (the two were ~20% of a gateway's CPU under load).
+
+
+def frame_text(frame: dict) -> str:
+    return json.dumps(frame, separators=(",", ":"))
+
+
+def mailbox_event_text(kind: str, cursor: int, payload: dict, message_text: str | None = None) -> str:
+    """A mailbox event frame; for a message event, `message_text` (the message's JSON) may be
+    given so one rendering serves every recipient."""
+    if kind == "message" and message_text is not None:
+        return f'{{"type":"message","cursor":{cursor},"message":{message_text}}}'
+    return frame_text({"type": kind, "cursor": cursor, **payload})

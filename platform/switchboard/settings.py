@@ -72,6 +72,9 @@ class Settings:
     shard_queue_max: int = 20_000
     # How long a send may wait for its commit before the client is told `overloaded`.
     send_timeout_s: float = 5.0
+    # Shards and routers write their state to PostgreSQL this often (and on drain); a restart loads
+    # it and replays only what changed after it. 0 turns the periodic checkpoint off.
+    checkpoint_interval_s: float = 30.0
 
     @property
     def is_dev_secret(self) -> bool:

@@ -39,4 +39,4 @@ async def test_stop_cancels_a_watch_that_never_fired(monkeypatch):
 
 def test_no_serve_replica_outside_serve():
     assert drain.find_serve_replica() is None
-    assert DrainWatch.for_this_replica(lambda: None) is None
+    assert DrainWatch.for_replica(None, lambda: None) is None

@@ -31,6 +31,11 @@ def frame(cursor: int) -> dict:
     return event(cursor).to_frame()
 
 
+def live(cursor: int) -> tuple[int, str]:
+    """A live delivery as the shard's stream carries it: (cursor, frame text)."""
+    return cursor, json.dumps(frame(cursor))
+
+
 class FakeHub:
     """attach answers from `results`, in call order; hold(n) keeps the n-th call (0-based) waiting
     until the returned event is set."""
@@ -86,10 +91,14 @@ class FakeCore:
         self.outcome: Outcome | None = None  # what submit answers; default: echo a message
 
     async def submit(self, operation):
+        return await self.enqueue(operation)
+
+    def enqueue(self, operation) -> asyncio.Future:
         self.submitted.append(operation)
-        if self.outcome is not None:
-            return self.outcome
-        return Outcome(value={"conversation_id": operation.conversation_id, "seq": len(self.submitted)})
+        answer = asyncio.get_running_loop().create_future()
+        answer.set_result(self.outcome if self.outcome is not None else
+                          Outcome(value={"conversation_id": operation.conversation_id, "seq": len(self.submitted)}))
+        return answer
 
     async def typing(self, conversation_id, user_id):
         self.typed.append((conversation_id, user_id))
@@ -173,7 +182,7 @@ async def test_live_events_during_open_follow_the_replay_without_duplicates(make
     opening = asyncio.create_task(session.open(1))
     await settle()
     for cursor in (3, 4, 5):  # pushed by the mailbox while the attach was in flight
-        session.push_live(frame(cursor))
+        session.push_live(*live(cursor))
     gate.set()
     await opening
     await settle()
@@ -187,7 +196,7 @@ async def test_live_events_during_open_follow_the_replay_without_duplicates(make
 async def test_live_events_are_written_once_each_in_cursor_order(make_session):
     session, client = await make_session(attached(0))
     for cursor in (1, 2, 2, 1, 3):
-        session.push_live(frame(cursor))
+        session.push_live(*live(cursor))
     await settle()
     assert client.cursors() == [1, 2, 3]
     assert session.last_cursor == 3
@@ -197,18 +206,18 @@ async def test_live_events_are_written_once_each_in_cursor_order(make_session):
 async def test_a_gap_resumes_from_the_last_cursor_and_everything_comes_out_once_in_order(make_session):
     session, client = await make_session(attached(2), attached(5, 3, 4, 5))
     gate = session.core.hub.hold(1)
-    session.push_live(frame(5))  # 3 and 4 never arrived
+    session.push_live(*live(5))  # 3 and 4 never arrived
     await settle()
     assert session.core.hub.attach_calls[-1] == ("alice", 2)
     for cursor in (6, 3, 7):  # live frames keep coming while the session re-attaches
-        session.push_live(frame(cursor))
+        session.push_live(*live(cursor))
     await settle()
     assert client.cursors() == []
     gate.set()
     await settle()
     assert client.cursors() == [3, 4, 5, 6, 7]
     assert len(session.core.hub.attach_calls) == 2
-    session.push_live(frame(8))
+    session.push_live(*live(8))
     await settle()
     assert client.cursors() == [3, 4, 5, 6, 7, 8]
 
@@ -216,9 +225,9 @@ async def test_a_gap_resumes_from_the_last_cursor_and_everything_comes_out_once_
 async def test_a_gap_seen_while_finishing_a_resume_is_resumed_again(make_session):
     session, client = await make_session(attached(2), attached(5, 3, 4, 5), attached(8, 6, 7, 8))
     gate = session.core.hub.hold(1)
-    session.push_live(frame(5))  # 3 and 4 lost: resume from 2
+    session.push_live(*live(5))  # 3 and 4 lost: resume from 2
     await settle()
-    session.push_live(frame(8))  # 6 and 7 lost too, while that resume is in flight
+    session.push_live(*live(8))  # 6 and 7 lost too, while that resume is in flight
     gate.set()
     await settle()
     # The first resume only reaches 5; 8 shows the next gap, which needs a second resume now,
@@ -246,15 +255,15 @@ async def test_a_resume_during_open_does_not_replay_history_before_ready(make_se
 
 async def test_a_resume_that_needs_a_resync_says_so_and_continues_from_the_head(make_session):
     session, client = await make_session(attached(2), attached(10, resync=True))
-    session.push_live(frame(4))
-    session.push_live(frame(11))
+    session.push_live(*live(4))
+    session.push_live(*live(11))
     await settle()
     assert client.frames[1:] == [{"type": "resync_required", "cursor": 10}, frame(11)]
 
 
 async def test_a_failed_resume_closes_the_socket_going_away(make_session):
     session, client = await make_session(attached(2), RuntimeError("shard unavailable"))
-    session.push_live(frame(4))
+    session.push_live(*live(4))
     await settle()
     assert client.closed_with[0] == CLOSE_GOING_AWAY
     assert session.closed
@@ -263,8 +272,8 @@ async def test_a_failed_resume_closes_the_socket_going_away(make_session):
 async def test_typing_frames_pass_through_without_a_cursor(make_session):
     session, client = await make_session(attached(1))
     typing = {"type": "typing", "conversation_id": CID, "user_id": "bob"}
-    session.push_live(typing)
-    session.push_live(frame(2))
+    session.push_live(None, json.dumps(typing))
+    session.push_live(*live(2))
     await settle()
     assert client.frames[1:] == [typing, frame(2)]
     assert session.last_cursor == 2
@@ -404,7 +413,7 @@ async def test_a_second_auth_frame_is_invalid(make_session):
 async def test_shutdown_unregisters_and_stops_writing(make_session):
     session, client = await make_session(attached(0))
     session.shutdown()
-    session.push_live(frame(1))
+    session.push_live(*live(1))
     await settle()
     assert session.core.hub.unregistered == [session]
     assert client.cursors() == []

@@ -4,6 +4,7 @@ outcomes in order, fan-out to local mailboxes and to peer shards, load shedding,
 from __future__ import annotations
 
 import asyncio
+import json
 import itertools
 
 import pytest
@@ -86,7 +87,7 @@ def sends(count: int, sender: str = LOCAL_A, start: int = 0) -> list[SendMessage
 
 
 def outbox_cursors(shard: MailboxShard, user_id: str, gateway_id: str = "gw1") -> list[int]:
-    return [frame["cursor"] for user, frame in shard.mailboxes.outbox(gateway_id).items if user == user_id]
+    return [cursor for user, cursor, _ in shard.mailboxes.outbox(gateway_id).items if user == user_id]
 
 
 # ---- the send path -----------------------------------------------------------------------------
@@ -137,7 +138,7 @@ async def test_events_for_local_users_reach_their_mailbox_outbox(shard, peers):
     assert attached.head == 1  # the member/joined event of the create
     await shard.submit(sends(3))
     assert outbox_cursors(shard, LOCAL_B) == [2, 3, 4]
-    assert [frame["message"]["seq"] for _, frame in shard.mailboxes.outbox("gw1").items] == [1, 2, 3]
+    assert [json.loads(text)["message"]["seq"] for _, _, text in shard.mailboxes.outbox("gw1").items] == [1, 2, 3]
     assert outbox_cursors(shard, LOCAL_A) == []  # not attached: durable only
     assert all(index != 0 for index, _ in peers.deliveries)
 
@@ -178,7 +179,7 @@ async def test_typing_reaches_only_the_other_members(shard, peers):
     outcome = await shard.typing(CID, LOCAL_A)
     frame = {"type": "typing", "conversation_id": CID, "user_id": LOCAL_A}
     assert outcome.error is None
-    assert shard.mailboxes.outbox("gw1").items == [(LOCAL_B, frame)]
+    assert shard.mailboxes.outbox("gw1").items == [(LOCAL_B, None, json.dumps(frame, separators=(",", ":")))]
     assert sorted((index, sorted(users)) for index, users, _ in peers.ephemeral) == [(1, sorted(PEER1)), (2, PEER2)]
     assert all(sent == frame for _, _, sent in peers.ephemeral)
 

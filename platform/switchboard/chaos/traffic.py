@@ -18,7 +18,7 @@ import time
 
 from switchboard.actors.ring import Ring
 from switchboard.auth import mint_token
-from switchboard.client import ApiError, Backoff, Client, ClientClosed, HttpApi, Recorder
+from switchboard.client import ApiError, Backoff, Client, ClientClosed, ClientError, HttpApi, Recorder
 
 from .history import ClientLog, SendLog, SessionLog
 
@@ -190,6 +190,8 @@ class ChaosUser:
                 pass
         except ClientClosed:
             pass
+        except ClientError as error:  # the client stopped by itself (a refused token): on record
+            log.warning("%s: client stopped: %s", self.user_id, error)
 
     async def _send_loop(self) -> None:
         while self.sending:

@@ -15,7 +15,7 @@ from switchboard.tuning import tune_interpreter
 
 from . import http_api, web, websocket
 from .core import GatewayCore
-from .drain import DrainWatch
+from .drain import DrainWatch, find_serve_replica
 from .wire_errors import error_response
 
 log = logging.getLogger(__name__)
@@ -57,10 +57,11 @@ def build_app(core: GatewayCore) -> FastAPI:
 @serve.ingress()
 class Gateway:
     async def __init__(self, settings: Settings, database_url: str):
+        replica = find_serve_replica()  # first: tune_interpreter freezes the heap out of gc's view
         tune_interpreter()
         self.core = GatewayCore(settings, database_url)
         await self.core.start()
-        self.drain_watch = DrainWatch.for_this_replica(self.core.drain)
+        self.drain_watch = DrainWatch.for_replica(replica, self.core.drain)
         if self.drain_watch is not None:
             self.drain_watch.start()
 

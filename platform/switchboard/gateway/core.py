@@ -56,8 +56,12 @@ class GatewayCore:
     # ---- writes go to the conversation's sequencer ------------------------------------------
 
     async def submit(self, operation: Operation) -> Outcome:
+        return await self.enqueue(operation)
+
+    def enqueue(self, operation: Operation) -> asyncio.Future:
+        """submit without a coroutine: a future of the Outcome (the WebSocket hot path)."""
         index, _ = self.directory.for_conversation(operation.conversation_id)
-        return await self.batchers[index].submit(operation)
+        return self.batchers[index].enqueue(operation)
 
     async def run(self, operation: Operation) -> Outcome:
         """submit, raising the refusal as an exception (for HTTP handlers)."""

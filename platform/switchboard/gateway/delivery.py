@@ -1,7 +1,7 @@
 """Deliveries from shards to this replica's sockets.
 
 Each gateway replica holds one long-lived stream per shard (an async-generator actor call): the
-shard pushes batches of (user_id, frame) for the users with sockets here, and this hub hands each
+shard pushes batches of (user_id, cursor, frame text) for the users with sockets here, and this hub hands each
 frame to those users' sessions. No polling, no Ray call per message per connection.
 
 When a stream breaks (the shard died and Ray restarts it, having lost its in-memory mailboxes),
@@ -16,7 +16,7 @@ import collections
 import logging
 from typing import TYPE_CHECKING
 
-from switchboard.actors.mailbox import AttachResult
+from switchboard.actors.mailbox import AttachResult, Delivery
 
 from .shards import SHARD_GONE, ShardDirectory
 
@@ -121,7 +121,7 @@ class DeliveryHub:
                 for session in list(sessions):
                     session.resume()
 
-    def _dispatch(self, batch: list[tuple[str, dict]]) -> None:
-        for user_id, frame in batch:
+    def _dispatch(self, batch: list[Delivery]) -> None:
+        for user_id, cursor, text in batch:
             for session in self.sessions.get(user_id, ()):
-                session.push_live(frame)
+                session.push_live(cursor, text)

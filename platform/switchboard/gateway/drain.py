@@ -24,14 +24,18 @@ POLL_INTERVAL_S = 0.1
 
 
 def find_serve_replica() -> object | None:
-    """The Serve Replica object hosting this process's deployment, or None outside Serve."""
+    """The Serve Replica object hosting this process's deployment, or None outside Serve.
+    Call it before gc.freeze() (switchboard.tuning): frozen objects are invisible to the scan."""
     try:
         from ray.serve._private.replica import Replica
     except ImportError:
         return None
     for candidate in gc.get_objects():
-        if isinstance(candidate, Replica):
-            return candidate
+        try:
+            if isinstance(candidate, Replica):
+                return candidate
+        except ReferenceError:  # a weak proxy whose referent is gone
+            continue
     return None
 
 
@@ -44,8 +48,8 @@ class DrainWatch:
         self._task: asyncio.Task | None = None
 
     @classmethod
-    def for_this_replica(cls, on_drain: Callable[[], Awaitable[None]]) -> DrainWatch | None:
-        replica = find_serve_replica()
+    def for_replica(cls, replica: object | None, on_drain: Callable[[], Awaitable[None]]) -> DrainWatch | None:
+        """A watch on `replica` (from find_serve_replica), or None when there is none to watch."""
         if replica is None or not hasattr(replica, "_shutting_down"):
             log.warning("Serve replica not found: sockets will close only when Serve runs __del__")
             return None

@@ -97,7 +97,8 @@ async def _read_frames(core, websocket: WebSocket, session: Session) -> None:
                 return
             session.handle_error_frame("invalid", "frames must be text (JSON)")
             continue
-        if len(text) > limit or len(text.encode("utf-8", errors="surrogatepass")) > limit:
+        # A character is at most 4 bytes in UTF-8: only a frame that could be over is encoded.
+        if len(text) * 4 > limit and len(text.encode("utf-8", errors="surrogatepass")) > limit:
             await session.close(CLOSE_TOO_LARGE, "frame too large")
             return
         await session.handle_text(text)

@@ -91,10 +91,11 @@ REMOVE_MEMBERS = """
 
 # Moves each conversation's last_seq, but only from the value its sequencer expects. If any fence
 # does not move (another sequencer wrote, or a commit believed failed had landed) the division by
-# zero aborts the whole transaction; SqlStore turns that error into StaleSequencer.
+# zero aborts the whole transaction; SqlStore turns that error into StaleSequencer. The version moves
+# with it: a checkpoint recorded the version, so a restart can tell which conversations changed.
 ADVANCE_SEQUENCES = """
     WITH moved AS (
-        UPDATE conversations c SET last_seq = f.new_seq
+        UPDATE conversations c SET last_seq = f.new_seq, version = c.version + 1
         FROM unnest(%(ids)s::text[], %(olds)s::bigint[], %(news)s::bigint[]) AS f(conversation_id, old_seq, new_seq)
         WHERE c.conversation_id = f.conversation_id AND c.last_seq = f.old_seq
         RETURNING 1

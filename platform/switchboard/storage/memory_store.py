@@ -24,7 +24,7 @@ import dataclasses
 import threading
 
 from ..protocol import now_ms
-from .models import MESSAGE, Conversation, MailboxEvent, MailboxHead, Message, WriteBatch
+from .models import MESSAGE, Conversation, MailboxEvent, MailboxHead, Message, StoredCheckpoint, WriteBatch
 from .store import StaleSequencer, StorageUnavailable
 
 MS_PER_DAY = 86_400_000
@@ -64,6 +64,7 @@ class MemoryStore:
         self._mailboxes: dict[str, _Mailbox] = {}
         self._events: dict[str, dict[int, _StoredEvent]] = {}  # user_id -> cursor -> row
         self._read_marks: dict[tuple[str, str], int] = {}
+        self._checkpoints: dict[str, StoredCheckpoint] = {}
 
     # ---- conversations ---------------------------------------------------------------------
 
@@ -104,6 +105,7 @@ class MemoryStore:
             self._change_members(batch)
             for conversation_id, (_, new_seq) in batch.seq_fences.items():
                 self._conversations[conversation_id].last_seq = new_seq
+                self._conversations[conversation_id].version += 1
             self._insert_messages(batch)
             for conversation_id, user_id, seq in batch.read_marks:
                 key = (conversation_id, user_id)
@@ -238,6 +240,39 @@ class MemoryStore:
                     mailbox.pruned_through = max(mailbox.pruned_through, max(doomed))
                 deleted += len(doomed)
         return deleted
+
+    # ---- checkpoints and the replay after them ---------------------------------------------
+
+    def save_checkpoint(self, owner: str, taken_at: int, state: bytes) -> None:
+        with self._guard():
+            stored = self._checkpoints.get(owner)
+            if stored is None or stored.taken_at <= taken_at:
+                self._checkpoints[owner] = StoredCheckpoint(owner, taken_at, bytes(state))
+
+    def load_checkpoint(self, owner: str) -> StoredCheckpoint | None:
+        with self._guard():
+            return self._checkpoints.get(owner)
+
+    def conversation_versions(self, conversation_ids: list[str]) -> dict[str, int]:
+        with self._guard():
+            return {cid: self._conversations[cid].version for cid in conversation_ids if cid in self._conversations}
+
+    def load_conversations(self, conversation_ids: list[str]) -> list[Conversation]:
+        with self._guard():
+            return [self._conversation_copy(cid) for cid in dict.fromkeys(conversation_ids)
+                    if cid in self._conversations]
+
+    def messages_after(self, after: dict[str, int], limit: int) -> list[Message]:
+        with self._guard():
+            found = [m for cid, seq in after.items() for s, m in self._messages.get(cid, {}).items() if s > seq]
+        # SqlStore's order: newest first by (ts, conversation_id, seq) for the limit, then oldest first.
+        found.sort(key=lambda m: (-m.ts, m.conversation_id, -m.seq))
+        return list(reversed(found[:max(limit, 0)]))
+
+    def mailbox_heads(self, user_ids: list[str]) -> dict[str, MailboxHead]:
+        with self._guard():
+            return {u: MailboxHead(self._mailboxes[u].head, self._mailboxes[u].pruned_through)
+                    for u in user_ids if u in self._mailboxes}
 
     # ---- for tests: state the Store protocol has no reader for -------------------------------
 

@@ -21,6 +21,9 @@ class Conversation:
     # The highest seq each member marked read: the sequencer's memory of receipts already sent.
     # Loaded with the conversation (not part of its wire form).
     read_marks: dict[str, int] = dataclasses.field(default_factory=dict)
+    # Moved by every commit that changes the conversation; a checkpoint is current for it while
+    # the stored version equals the one it recorded. Not part of the wire form either.
+    version: int = 0
 
     def to_wire(self) -> dict:
         return {
@@ -81,7 +84,9 @@ class WriteBatch:
     added_members: list[tuple[str, str, int]] = dataclasses.field(default_factory=list)
     removed_members: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     messages: list[Message] = dataclasses.field(default_factory=list)
-    # conversation_id -> (last_seq the sequencer believes is stored, last_seq after this batch)
+    # conversation_id -> (last_seq the sequencer believes is stored, last_seq after this batch), for
+    # every stored conversation the batch changes (equal when only members or read marks change);
+    # each fence also moves the conversation's version by one.
     seq_fences: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
     read_marks: list[tuple[str, str, int]] = dataclasses.field(default_factory=list)
     events: list[MailboxEvent] = dataclasses.field(default_factory=list)
@@ -89,3 +94,12 @@ class WriteBatch:
     def is_empty(self) -> bool:
         return not (self.new_conversations or self.added_members or self.removed_members
                     or self.messages or self.read_marks or self.events)
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredCheckpoint:
+    """An actor's last checkpoint as stored: when it was taken and its encoded state."""
+
+    owner: str
+    taken_at: int  # ms since the epoch
+    state: bytes

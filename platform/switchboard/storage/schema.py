@@ -9,6 +9,8 @@ mailboxes       one row per user: head is the last cursor handed out, pruned_thr
 mailbox_events  the per-user cursor log; a message event points at its message row instead of
                 copying the body to every member
 read_marks      the highest seq each member marked read
+checkpoints     one row per actor (a shard, a router): its state as one compressed document, so a
+                restarted actor loads it and replays only what changed after it (actors/checkpoint.py)
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from sqlalchemy import (
     Column,
     ForeignKeyConstraint,
     Index,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -38,6 +41,9 @@ conversations = Table(
     Column("created_by", String(64), nullable=False),
     Column("created_at", BigInteger, nullable=False),
     Column("last_seq", BigInteger, nullable=False, server_default="0"),
+    # Moved by every commit that changes the conversation (messages, members, read marks): the
+    # watermark a checkpoint records per conversation, to tell what changed after it.
+    Column("version", BigInteger, nullable=False, server_default="0"),
 )
 
 members = Table(
@@ -94,4 +100,12 @@ read_marks = Table(
     Column("user_id", String(64), nullable=False),
     Column("seq", BigInteger, nullable=False),
     PrimaryKeyConstraint("conversation_id", "user_id"),
+)
+
+checkpoints = Table(
+    "checkpoints",
+    metadata,
+    Column("owner", String(120), primary_key=True),  # the actor's name, e.g. shard:local:0
+    Column("taken_at", BigInteger, nullable=False),  # ms since the epoch
+    Column("state", LargeBinary, nullable=False),  # opaque here: actors/checkpoint.py encodes it
 )

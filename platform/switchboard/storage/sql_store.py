@@ -8,12 +8,18 @@ from sqlalchemy import Engine, bindparam, exc, select, text
 
 from . import schema
 from .group_commit import write_batch
-from .models import MESSAGE, Conversation, MailboxEvent, MailboxHead, Message, WriteBatch
+from .models import MESSAGE, Conversation, MailboxEvent, MailboxHead, Message, StoredCheckpoint, WriteBatch
 from .store import StaleSequencer, StorageUnavailable
 
 
+# What a database that cannot be reached raises through SQLAlchemy: a driver error, or no pooled
+# connection freed in time (every one stuck on the dead server).
+DATABASE_ERRORS = (exc.DBAPIError, exc.TimeoutError)
+
+
 def _unavailable(error: Exception) -> StorageUnavailable:
-    return StorageUnavailable(f"database unavailable: {type(error).__name__}: {str(error).splitlines()[0]}")
+    first_line = (str(error).splitlines() or [""])[0]
+    return StorageUnavailable(f"database unavailable: {type(error).__name__}: {first_line}")
 
 
 class SqlStore:
@@ -38,7 +44,7 @@ class SqlStore:
                         schema.read_marks.c.conversation_id == conversation_id
                     )
                 ).all()
-        except exc.DBAPIError as error:
+        except DATABASE_ERRORS as error:
             raise _unavailable(error) from error
         return Conversation(members=set(member_ids), read_marks=dict(marks), **row)
 
@@ -58,7 +64,7 @@ class SqlStore:
         try:
             with self.engine.connect() as conn:
                 rows = conn.execute(query, {"user_id": user_id}).mappings().all()
-        except exc.DBAPIError as error:
+        except DATABASE_ERRORS as error:
             raise _unavailable(error) from error
         result = []
         for row in rows:
@@ -89,7 +95,7 @@ class SqlStore:
         try:
             with self.engine.connect() as conn:
                 rows = conn.execute(query, params).mappings().all()
-        except exc.DBAPIError as error:
+        except DATABASE_ERRORS as error:
             raise _unavailable(error) from error
         return {(row["conversation_id"], row["sender"], row["client_msg_id"]): Message(**row) for row in rows}
 
@@ -106,7 +112,7 @@ class SqlStore:
         try:
             with self.engine.connect() as conn:
                 rows = conn.execute(query).mappings().all()
-        except exc.DBAPIError as error:
+        except DATABASE_ERRORS as error:
             raise _unavailable(error) from error
         page = [Message(**row) for row in rows]
         return sorted(page, key=lambda message: message.seq)
@@ -116,7 +122,10 @@ class SqlStore:
     def apply(self, batch: WriteBatch) -> None:
         """The group commit (group_commit.py), on a pooled connection used raw: the pipeline
         needs psycopg itself, and SQLAlchemy's per-statement work is exactly what it avoids."""
-        connection = self.engine.raw_connection()
+        try:
+            connection = self.engine.raw_connection()
+        except (psycopg.Error, *DATABASE_ERRORS) as error:  # no connection to be had
+            raise _unavailable(error) from error
         try:
             write_batch(connection.driver_connection, batch)
         except (psycopg.errors.DivisionByZero, psycopg.errors.UniqueViolation) as error:
@@ -144,7 +153,7 @@ class SqlStore:
                         schema.mailboxes.c.user_id == user_id
                     )
                 ).first()
-        except exc.DBAPIError as error:
+        except DATABASE_ERRORS as error:
             raise _unavailable(error) from error
         return MailboxHead(head=row[0], pruned_through=row[1]) if row else MailboxHead(0, 0)
 
@@ -166,7 +175,7 @@ class SqlStore:
                 rows = conn.execute(
                     query, {"user_id": user_id, "after": after, "through": through, "limit": limit}
                 ).mappings().all()
-        except exc.DBAPIError as error:
+        except DATABASE_ERRORS as error:
             raise _unavailable(error) from error
         return [_event_from_row(user_id, row) for row in rows]
 
@@ -182,7 +191,7 @@ class SqlStore:
                     .values(acked=text("GREATEST(acked, :cursor)")),
                     [{"uid": u, "cursor": c} for u, c in sorted(acks.items())],
                 )
-        except exc.DBAPIError as error:
+        except DATABASE_ERRORS as error:
             raise _unavailable(error) from error
 
     def prune_mailboxes(self, keep_days: int, keep_events: int, now_ms: int) -> int:
@@ -210,8 +219,126 @@ class SqlStore:
         try:
             with self.engine.begin() as conn:
                 return int(conn.execute(query, {"keep_events": keep_events, "older_than": older_than}).scalar())
-        except exc.DBAPIError as error:
+        except DATABASE_ERRORS as error:
             raise _unavailable(error) from error
+
+    # ---- checkpoints and the replay after them ---------------------------------------------
+
+    def save_checkpoint(self, owner: str, taken_at: int, state: bytes) -> None:
+        # The WHERE keeps a newer checkpoint from being replaced by an older one (a stale instance
+        # of the actor still finishing a checkpoint while its replacement already wrote one).
+        query = text(
+            """
+            INSERT INTO checkpoints (owner, taken_at, state) VALUES (:owner, :taken_at, :state)
+            ON CONFLICT (owner) DO UPDATE SET taken_at = excluded.taken_at, state = excluded.state
+            WHERE checkpoints.taken_at <= excluded.taken_at
+            """
+        )
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(query, {"owner": owner, "taken_at": taken_at, "state": state})
+        except DATABASE_ERRORS as error:
+            raise _unavailable(error) from error
+
+    def load_checkpoint(self, owner: str) -> StoredCheckpoint | None:
+        table = schema.checkpoints
+        try:
+            with self.engine.connect() as conn:
+                row = conn.execute(
+                    select(table.c.taken_at, table.c.state).where(table.c.owner == owner)
+                ).first()
+        except DATABASE_ERRORS as error:
+            raise _unavailable(error) from error
+        return StoredCheckpoint(owner=owner, taken_at=row[0], state=bytes(row[1])) if row else None
+
+    def conversation_versions(self, conversation_ids: list[str]) -> dict[str, int]:
+        if not conversation_ids:
+            return {}
+        rows = self._fetch_many(
+            "SELECT c.conversation_id, c.version FROM unnest(%s::text[]) AS k(conversation_id)"
+            " JOIN conversations c USING (conversation_id)", conversation_ids,
+        )
+        return dict(rows)
+
+    def load_conversations(self, conversation_ids: list[str]) -> list[Conversation]:
+        if not conversation_ids:
+            return []
+        params = {"ids": conversation_ids}
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    text("SELECT * FROM conversations WHERE conversation_id = ANY(CAST(:ids AS text[]))"), params
+                ).mappings().all()
+                members = conn.execute(
+                    text("SELECT conversation_id, user_id FROM members"
+                         " WHERE conversation_id = ANY(CAST(:ids AS text[]))"), params
+                ).all()
+                marks = conn.execute(
+                    text("SELECT conversation_id, user_id, seq FROM read_marks"
+                         " WHERE conversation_id = ANY(CAST(:ids AS text[]))"), params
+                ).all()
+        except DATABASE_ERRORS as error:
+            raise _unavailable(error) from error
+        conversations = {row["conversation_id"]: Conversation(members=set(), **row) for row in rows}
+        for conversation_id, user_id in members:
+            conversations[conversation_id].members.add(user_id)
+        for conversation_id, user_id, seq in marks:
+            if conversation_id in conversations:
+                conversations[conversation_id].read_marks[user_id] = seq
+        return list(conversations.values())
+
+    def messages_after(self, after: dict[str, int], limit: int) -> list[Message]:
+        if not after or limit <= 0:
+            return []
+        query = text(
+            """
+            SELECT m.* FROM messages m
+            JOIN unnest(CAST(:ids AS text[]), CAST(:afters AS bigint[])) AS k(conversation_id, after_seq)
+              ON m.conversation_id = k.conversation_id AND m.seq > k.after_seq
+            ORDER BY m.ts DESC, m.conversation_id, m.seq DESC
+            LIMIT :limit
+            """
+        )
+        ids = sorted(after)
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    query, {"ids": ids, "afters": [after[i] for i in ids], "limit": limit}
+                ).mappings().all()
+        except DATABASE_ERRORS as error:
+            raise _unavailable(error) from error
+        return [Message(**row) for row in reversed(rows)]
+
+    def mailbox_heads(self, user_ids: list[str]) -> dict[str, MailboxHead]:
+        if not user_ids:
+            return {}
+        rows = self._fetch_many(
+            "SELECT m.user_id, m.head, m.pruned_through FROM unnest(%s::text[]) AS k(user_id)"
+            " JOIN mailboxes m USING (user_id)", user_ids,
+        )
+        return {user_id: MailboxHead(head=head, pruned_through=pruned) for user_id, head, pruned in rows}
+
+    def _fetch_many(self, query: str, keys: list[str]) -> list[tuple]:
+        """One read of many rows by key on a raw psycopg cursor: for the 10,000-key reads of a
+        restart, SQLAlchemy's per-row result processing took half the time."""
+        try:
+            connection = self.engine.raw_connection()
+        except DATABASE_ERRORS as error:
+            raise _unavailable(error) from error
+        try:
+            with connection.driver_connection.cursor() as cursor:
+                cursor.execute(query, (keys,))
+                rows = cursor.fetchall()
+            connection.driver_connection.rollback()  # end the read's transaction
+            return rows
+        except psycopg.Error as error:
+            if connection.driver_connection.closed or isinstance(error, psycopg.OperationalError):
+                connection.invalidate()  # the database went away: never hand this one out again
+            else:
+                _roll_back(connection)
+            raise _unavailable(error) from error
+        finally:
+            connection.close()
 
 
 def _event_from_row(user_id: str, row) -> MailboxEvent:

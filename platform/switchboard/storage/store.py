@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from .models import Conversation, MailboxEvent, MailboxHead, Message, WriteBatch
+from .models import Conversation, MailboxEvent, MailboxHead, Message, StoredCheckpoint, WriteBatch
 
 
 class StaleSequencer(Exception):
@@ -40,3 +40,22 @@ class Store(Protocol):
     def record_acks(self, acks: dict[str, int]) -> None: ...
 
     def prune_mailboxes(self, keep_days: int, keep_events: int, now_ms: int) -> int: ...
+
+    # ---- checkpoints and the replay after them (actors/checkpoint.py) ----------------------
+
+    def save_checkpoint(self, owner: str, taken_at: int, state: bytes) -> None:
+        """Replace owner's checkpoint, unless the stored one was taken later."""
+
+    def load_checkpoint(self, owner: str) -> StoredCheckpoint | None: ...
+
+    def conversation_versions(self, conversation_ids: list[str]) -> dict[str, int]:
+        """The stored version of each of these conversations that exists."""
+
+    def load_conversations(self, conversation_ids: list[str]) -> list[Conversation]:
+        """load_conversation for many at once (those that exist)."""
+
+    def messages_after(self, after: dict[str, int], limit: int) -> list[Message]:
+        """The newest `limit` messages with seq > after[conversation_id], oldest first."""
+
+    def mailbox_heads(self, user_ids: list[str]) -> dict[str, MailboxHead]:
+        """mailbox_head for many at once (users without a mailbox row are absent)."""
