@@ -309,3 +309,28 @@ def assert_message(message: dict, *, conversation_id: str, seq: int, sender: str
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+# ---- platform actors killed and restarted ----------------------------------------------------------
+
+ACTOR_RESTART_TIMEOUT_S = 60.0
+
+
+def platform_actor(sb, name: str):
+    import ray
+
+    return ray.get_actor(name, namespace=sb.settings.namespace)
+
+
+async def restarted_stats(sb, name: str, started_before: float) -> dict:
+    """The first stats() of the actor `name` once it runs a new life (another `started_at`)."""
+    deadline = time.monotonic() + ACTOR_RESTART_TIMEOUT_S
+    while True:
+        try:
+            stats = await asyncio.wait_for(platform_actor(sb, name).stats.remote(), 10)
+            if stats["started_at"] != started_before:
+                return stats
+        except Exception:
+            pass
+        assert time.monotonic() < deadline, f"{name} did not come back in {ACTOR_RESTART_TIMEOUT_S}s"
+        await asyncio.sleep(0.2)

@@ -18,7 +18,7 @@ import time
 
 import pytest
 import ray
-from helpers import unique_id
+from helpers import ACTOR_RESTART_TIMEOUT_S, platform_actor, restarted_stats, unique_id
 from sqlalchemy import text
 from switchboard.actors import registry
 from switchboard.actors.checkpoint import decode_shard, encode_shard
@@ -28,13 +28,12 @@ from switchboard.local import checkpoint_actors
 pytestmark = pytest.mark.integration
 
 REGION = "local"
-RESTART_TIMEOUT_S = 60.0
 PIN_AHEAD_MS = 3_600_000
 CLOSE_GOING_AWAY = 1001
 
 
 def actor(sb, name: str):
-    return ray.get_actor(name, namespace=sb.settings.namespace)
+    return platform_actor(sb, name)
 
 
 def sequencer_of(sb, cid: str) -> str:
@@ -45,16 +44,7 @@ async def kill_and_wait(sb, name: str) -> dict:
     """Kill the shard as a crash would; returns the restarted one's first stats()."""
     before = (await actor(sb, name).stats.remote())["started_at"]
     ray.kill(actor(sb, name), no_restart=False)
-    deadline = time.monotonic() + RESTART_TIMEOUT_S
-    while True:
-        try:
-            stats = await asyncio.wait_for(actor(sb, name).stats.remote(), 10)
-            if stats["started_at"] != before:
-                return stats
-        except Exception:
-            pass
-        assert time.monotonic() < deadline, f"{name} did not come back in {RESTART_TIMEOUT_S}s"
-        await asyncio.sleep(0.2)
+    return await restarted_stats(sb, name, before)
 
 
 @pytest.fixture
@@ -227,7 +217,7 @@ async def test_a_killed_router_keeps_its_placement_epoch_and_retention_schedule(
     before = await actor(sb, name).info.remote()
     await actor(sb, name).checkpoint.remote()
     ray.kill(actor(sb, name), no_restart=False)
-    deadline = time.monotonic() + RESTART_TIMEOUT_S
+    deadline = time.monotonic() + ACTOR_RESTART_TIMEOUT_S
     while True:
         try:
             after = await asyncio.wait_for(actor(sb, name).info.remote(), 10)

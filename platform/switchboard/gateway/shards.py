@@ -84,9 +84,6 @@ class ShardBatcher:
         self._in_flight = 0
         self.calls = 0
 
-    async def submit(self, operation: Operation) -> Outcome:
-        return await self.enqueue(operation)
-
     def enqueue(self, operation: Operation) -> asyncio.Future:
         """Queue the operation; the future resolves with its Outcome (never with an exception)."""
         future = asyncio.get_running_loop().create_future()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import psycopg
 import psycopg.errors
 from sqlalchemy import Engine, bindparam, exc, select, text
@@ -122,26 +124,15 @@ class SqlStore:
     def apply(self, batch: WriteBatch) -> None:
         """The group commit (group_commit.py), on a pooled connection used raw: the pipeline
         needs psycopg itself, and SQLAlchemy's per-statement work is exactly what it avoids."""
-        try:
-            connection = self.engine.raw_connection()
-        except (psycopg.Error, *DATABASE_ERRORS) as error:  # no connection to be had
-            raise _unavailable(error) from error
-        try:
-            write_batch(connection.driver_connection, batch)
-        except (psycopg.errors.DivisionByZero, psycopg.errors.UniqueViolation) as error:
-            # A fence that did not move, or a message colliding with a stored one: another
-            # writer moved this conversation (or a retried send this process did not remember).
-            _roll_back(connection)
-            what = "a sequence fence did not move" if isinstance(error, psycopg.errors.DivisionByZero) else "a row collided"
-            raise StaleSequencer(f"{what}: {str(error).splitlines()[0]}") from error
-        except psycopg.Error as error:
-            if connection.driver_connection.closed or isinstance(error, psycopg.OperationalError):
-                connection.invalidate()  # the database went away: never hand this one out again
-            else:
+        with self._raw_connection() as connection:
+            try:
+                write_batch(connection.driver_connection, batch)
+            except (psycopg.errors.DivisionByZero, psycopg.errors.UniqueViolation) as error:
+                # A fence that did not move, or a message colliding with a stored one: another
+                # writer moved this conversation (or a retried send this process did not remember).
                 _roll_back(connection)
-            raise _unavailable(error) from error
-        finally:
-            connection.close()  # back to the pool
+                what = "a sequence fence did not move" if isinstance(error, psycopg.errors.DivisionByZero) else "a row collided"
+                raise StaleSequencer(f"{what}: {str(error).splitlines()[0]}") from error
 
     # ---- mailboxes --------------------------------------------------------------------------
 
@@ -321,24 +312,32 @@ class SqlStore:
     def _fetch_many(self, query: str, keys: list[str]) -> list[tuple]:
         """One read of many rows by key on a raw psycopg cursor: for the 10,000-key reads of a
         restart, SQLAlchemy's per-row result processing took half the time."""
-        try:
-            connection = self.engine.raw_connection()
-        except DATABASE_ERRORS as error:
-            raise _unavailable(error) from error
-        try:
+        with self._raw_connection() as connection:
             with connection.driver_connection.cursor() as cursor:
                 cursor.execute(query, (keys,))
                 rows = cursor.fetchall()
             connection.driver_connection.rollback()  # end the read's transaction
             return rows
+
+    @contextlib.contextmanager
+    def _raw_connection(self):
+        """A pooled connection used as psycopg itself. Any database error on it (getting one
+        included) leaves as StorageUnavailable, and a connection the database dropped is never
+        handed out again."""
+        try:
+            connection = self.engine.raw_connection()
+        except (psycopg.Error, *DATABASE_ERRORS) as error:  # no connection to be had
+            raise _unavailable(error) from error
+        try:
+            yield connection
         except psycopg.Error as error:
             if connection.driver_connection.closed or isinstance(error, psycopg.OperationalError):
-                connection.invalidate()  # the database went away: never hand this one out again
+                connection.invalidate()  # the database went away
             else:
                 _roll_back(connection)
             raise _unavailable(error) from error
         finally:
-            connection.close()
+            connection.close()  # back to the pool
 
 
 def _event_from_row(user_id: str, row) -> MailboxEvent:
