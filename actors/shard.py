@@ -189,11 +189,15 @@ class MailboxShard:
         self.mailboxes.deliver_ephemeral(user_ids, frame)
 
     async def stream(self, gateway_id: str) -> AsyncIterator[list[Delivery]]:
-        """Deliveries for one gateway replica, in batches, for as long as it listens."""
+        """Deliveries for one gateway replica, in batches, for as long as it listens. The first
+        batch is empty and comes at once: it tells the gateway the stream is open here, so that
+        re-attaching its sockets now misses nothing (a call to a restarting shard fails at once,
+        so the call having been made says nothing)."""
         self.start()
         self.mailboxes.touch(gateway_id, time.monotonic())
         outbox = self.mailboxes.open_outbox(gateway_id)
         try:
+            yield []
             while self.mailboxes.current_outbox(gateway_id) is outbox:
                 items = await outbox.take()
                 if items:

@@ -64,9 +64,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--kills", type=int, default=5)
     parser.add_argument("--shards", type=int, default=1, help="shards in the region (shard 0 is killed)")
     parser.add_argument("--no-checkpoint", action="store_true", help="delete the checkpoint before each kill")
-    parser.add_argument("--reattach", choices=("per-socket", "batched"), default="per-socket",
+    parser.add_argument("--reattach", choices=("per-socket", "batched"), default="batched",
                         help="how the stand-in gateway re-attaches its sockets: one attach call each"
-                             " (gateway/delivery.py today) or one attach_many call")
+                             " (the gateway before session 3) or one attach_many call (gateway/delivery.py)")
     args = parser.parse_args(argv)
     args.live = args.mailboxes if args.live is None else min(args.live, args.mailboxes)
     return args
@@ -134,8 +134,8 @@ class StandInGateway:
     """Holds `users`' mailboxes online on the shard like a gateway replica holding one quiet socket
     each, in its own process as a replica is: one delivery stream, heartbeats, and when the stream
     breaks (the shard restarted) a new stream and a re-attach of every socket with the last cursor
-    it received: one attach call per socket at once (what gateway/delivery.py does today), or one
-    attach_many call for all of them (--reattach batched)."""
+    it received: one attach_many call for all of them (what gateway/delivery.py does), or one
+    attach call per socket at once (--reattach per-socket, the gateway before session 3)."""
 
     def __init__(self, settings: Settings, users: list[str], batched: bool):
         self.settings = settings
@@ -184,21 +184,22 @@ class StandInGateway:
             try:
                 return await call()
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
-                await asyncio.sleep(0.2)  # the shard is restarting
+                await asyncio.sleep(0.05)  # the shard is restarting
 
     async def _pump(self) -> None:
         reconnecting = False
         while True:
             try:
-                stream = self._shard().stream.remote(self.gateway_id)
-                if reconnecting:
-                    self._resume()
-                async for ref in stream:
-                    self._note(await ref)
+                async for ref in self._shard().stream.remote(self.gateway_id):
+                    batch = await ref
+                    if reconnecting:  # the first (empty) batch: the stream is open at the shard
+                        reconnecting = False
+                        self._resume()
+                    self._note(batch)
             except Exception:
                 pass
             reconnecting = True
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.05)
 
     def _resume(self) -> None:
         if self._reattaching is not None and not self._reattaching.done():

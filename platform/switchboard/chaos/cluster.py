@@ -51,6 +51,32 @@ class WorkerNode:
         return self.node.node_id
 
 
+class AddressFile:
+    """Ray's Cluster writes its address to /tmp/ray/ray_current_cluster whatever its temp_dir (and
+    fails on a fresh machine, where /tmp/ray does not exist yet). That file is where
+    `ray.init(address="auto")` and `switchboard status` look for a running Ray, so the one found
+    before the run is put back afterwards."""
+
+    def __init__(self):
+        self.path = ray._private.utils.get_ray_address_file(None)
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        try:
+            with open(self.path) as file:
+                self.previous: str | None = file.read()
+        except FileNotFoundError:
+            self.previous = None
+
+    def restore(self) -> None:
+        try:
+            if self.previous is None:
+                os.remove(self.path)
+            else:
+                with open(self.path, "w") as file:
+                    file.write(self.previous)
+        except OSError as error:
+            log.warning("restoring %s: %s", self.path, error)
+
+
 class LocalCluster:
     def __init__(self, settings: Settings, workers: int = 2, cpus_per_node: int = 2):
         self.settings = settings
@@ -60,12 +86,14 @@ class LocalCluster:
         self.cluster: Cluster | None = None
         self.workers: list[WorkerNode] = []
         self._added = 0
+        self._address_file: AddressFile | None = None
 
     # ---- life cycle --------------------------------------------------------------------------------
 
     def start(self) -> None:
         os.environ.update(ray_environment(self.settings))
         os.environ.update(private_serve_ports())  # another platform may share this machine
+        self._address_file = AddressFile()
         for attempt in range(1, START_ATTEMPTS + 1):
             try:
                 self._start_nodes()
@@ -116,6 +144,8 @@ class LocalCluster:
         finally:
             self._remove_nodes()
             shutil.rmtree(self.temp_dir, ignore_errors=True)
+            if self._address_file is not None:
+                self._address_file.restore()
 
     def _remove_nodes(self) -> None:
         if self.cluster is None:

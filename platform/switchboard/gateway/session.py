@@ -122,27 +122,41 @@ class Session:
             self.resume()
 
     def resume(self) -> None:
-        """Re-attach with our last cursor (the shard restarted, or we saw a gap)."""
+        """Re-attach with our last cursor (we saw a gap)."""
+        if self.begin_reattach():
+            self._resuming = asyncio.create_task(self.reattach_alone())
+
+    def begin_reattach(self) -> bool:
+        """Enter the attaching state for a re-attach the caller will make with `last_cursor`; False
+        if none is needed now (closed, or an attach is in flight: it is redone when that ends)."""
         if self.closed:
-            return
+            return False
         if self._attaching:
             self._resume_wanted = True  # after the attach in flight, with the cursor it reaches
-            return
+            return False
         self._attaching = True
-        self._resuming = asyncio.create_task(self._reattach())
+        return True
 
-    async def _reattach(self) -> None:
+    async def reattach_alone(self) -> None:
+        """A re-attach begun with begin_reattach, made by this session's own attach call."""
         try:
             result = await self.core.hub.attach(self.user_id, self.last_cursor)
         except Exception as error:
-            log.warning("re-attach of %s failed: %s", self.user_id, error)
-            await self.close(CLOSE_GOING_AWAY, "mailbox unavailable; reconnect with since")
+            await self.reattach_failed(error)
             return
+        self.reattached(result)
+
+    def reattached(self, result) -> None:
+        """The answer to a re-attach begun with begin_reattach: replay, then the buffered live events."""
         if result.resync_required:
             self._write(protocol.resync_frame(result.head))
             self.last_cursor = result.head
         self._write_replay(result.events)
         self._finish_attach()
+
+    async def reattach_failed(self, error: BaseException) -> None:
+        log.warning("re-attach of %s failed: %s", self.user_id, error)
+        await self.close(CLOSE_GOING_AWAY, "mailbox unavailable; reconnect with since")
 
     def _finish_attach(self) -> None:
         buffered, self._buffer = sorted(self._buffer, key=lambda item: item[0]), []
