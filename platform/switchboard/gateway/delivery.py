@@ -104,7 +104,8 @@ class DeliveryHub:
             except asyncio.CancelledError:
                 raise
             except SHARD_GONE as error:
-                log.debug("delivery stream from shard %d broke: %s", index, type(error).__name__)
+                if not reconnecting:  # once per outage, not once per retry
+                    log.warning("delivery stream from shard %d broke: %s", index, type(error).__name__)
                 reconnecting = True
             except Exception:
                 log.exception("delivery stream from shard %d failed", index)
@@ -150,7 +151,9 @@ class DeliveryHub:
                 break
             except SHARD_GONE as error:
                 if loop.time() > deadline:
-                    await asyncio.gather(*(session.reattach_failed(error) for session in sessions))
+                    log.warning("shard %d stayed unavailable (%s); closing its %d sessions here",
+                                index, type(error).__name__, len(sessions))
+                    await asyncio.gather(*(session.reattach_failed() for session in sessions))
                     return
                 await asyncio.sleep(ATTACH_RETRY_S)
             except Exception as error:

@@ -142,7 +142,8 @@ class Session:
         try:
             result = await self.core.hub.attach(self.user_id, self.last_cursor)
         except Exception as error:
-            await self.reattach_failed(error)
+            log.warning("re-attach of %s failed: %s", self.user_id, error)
+            await self.reattach_failed()
             return
         self.reattached(result)
 
@@ -154,8 +155,8 @@ class Session:
         self._write_replay(result.events)
         self._finish_attach()
 
-    async def reattach_failed(self, error: BaseException) -> None:
-        log.warning("re-attach of %s failed: %s", self.user_id, error)
+    async def reattach_failed(self) -> None:
+        """The mailbox could not be reached: the client reconnects and resumes with `since`."""
         await self.close(CLOSE_GOING_AWAY, "mailbox unavailable; reconnect with since")
 
     def _finish_attach(self) -> None:
