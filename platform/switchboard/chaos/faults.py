@@ -51,6 +51,8 @@ class FaultRecord:
     # wall-clock ms by which every one of them had started again (see await_restart).
     incarnations: dict[int, float] = dataclasses.field(default_factory=dict)
     restarted_wall_ms: int | None = None
+    # The last shard to come back: its start-up phases (actors/startup.py), in s after the fault.
+    restart_phases: dict[str, float] = dataclasses.field(default_factory=dict)
     # pg_restart only (monotonic): the database was certainly unreachable from down_at (its stop
     # returned) to restart_at (its start was called); up_at is when the start returned, which
     # can be a while after it began accepting connections.
@@ -205,30 +207,37 @@ class PgRestart(Fault):
 
 
 def await_restart(context: FaultContext, record: FaultRecord, timeout_s: float = ACTOR_WAIT_S) -> bool:
-    """Wait until every shard the fault took has started again; sets record.restarted_wall_ms."""
+    """Wait until every shard the fault took has started again; sets record.restarted_wall_ms
+    and the start-up phases of the last one back."""
     deadline = time.monotonic() + timeout_s
     waiting = dict(record.incarnations)
-    latest = 0.0
+    latest: dict = {"started_at": 0.0}
     while waiting and time.monotonic() < deadline:
-        for index, started in _started_at(context, list(waiting), timeout_s=2.0).items():
-            if started != waiting[index]:
-                latest = max(latest, started)
+        for index, stats in _shard_stats(context, list(waiting), timeout_s=2.0).items():
+            if stats["started_at"] != waiting[index]:
+                latest = max(latest, stats, key=lambda s: s["started_at"])
                 del waiting[index]
         if waiting:
             time.sleep(0.1)
     if not waiting and record.incarnations:
-        record.restarted_wall_ms = int(latest * 1000)
+        record.restarted_wall_ms = int(latest["started_at"] * 1000)
+        record.restart_phases = {phase: round(stamp - record.wall_ms / 1000, 3)
+                                 for phase, stamp in latest.get("startup", {}).items() if stamp is not None}
     return not waiting
 
 
 def _started_at(context: FaultContext, indices: list[int], timeout_s: float = 5.0) -> dict[int, float]:
-    """Each answering shard's process start time (wall clock, s); a shard that does not answer
-    in time (it is restarting) is left out."""
+    return {index: stats["started_at"] for index, stats in _shard_stats(context, indices, timeout_s).items()}
+
+
+def _shard_stats(context: FaultContext, indices: list[int], timeout_s: float = 5.0) -> dict[int, dict]:
+    """Each answering shard's stats(); a shard that does not answer in time (it is restarting)
+    is left out."""
     found = {}
     for index in indices:
         try:
             handle = registry.get_actor(context.settings, registry.shard_name(context.settings.region, index))
-            found[index] = ray.get(handle.stats.remote(), timeout=timeout_s)["started_at"]
+            found[index] = ray.get(handle.stats.remote(), timeout=timeout_s)
         except Exception:  # restarting, or not reachable yet
             continue
     return found

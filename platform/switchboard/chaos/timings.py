@@ -30,6 +30,7 @@ class Recovery:
     sequencer_s: float | None  # first `sent` on a conversation the lost shard sequences
     mailbox_s: float | None  # first live delivery to a user whose mailbox the lost shard hosts
     restarted_s: float | None = None  # when the new incarnation's constructor ran (where the time goes)
+    ready_s: float | None = None  # when it had restored its checkpoint and began to serve
 
     @property
     def seconds(self) -> float | None:
@@ -55,7 +56,7 @@ def shard_recoveries(records: list[FaultRecord], timeline: Timeline, ring: Ring)
         ]
         restarted_s = (record.restarted_wall_ms - record.wall_ms) / 1000 if record.restarted_wall_ms else None
         recoveries.append(Recovery(record.kind, record.detail, min(sequencer, default=None),
-                                   min(mailbox, default=None), restarted_s))
+                                   min(mailbox, default=None), restarted_s, record.restart_phases.get("ready")))
     return recoveries
 
 
