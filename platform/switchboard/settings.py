@@ -49,6 +49,9 @@ class Settings:
     max_replicas: int = 2
     sockets_per_replica: int = 2000
     target_sockets_per_replica: int = 1000
+    # A Ray custom resource the gateway replicas need ("" for none): keeps them on the nodes that
+    # have it, e.g. the nodes that take client traffic, away from the shards' nodes.
+    gateway_node_resource: str = ""
 
     # Client limits (PROTOCOL.md "Default limits").
     send_rate_per_s: float = 50.0

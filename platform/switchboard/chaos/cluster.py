@@ -1,6 +1,7 @@
 """A local multi-node Ray cluster for the chaos run (ray.cluster_utils.Cluster on one machine).
 
-The head node carries no region resource: the driver, Serve's controller and its proxy stay there.
+The head node carries no region resource: the driver, Serve's controller, its proxy and the gateway
+replicas (which ask for the head's own INGRESS_RESOURCE) stay there.
 The worker nodes carry `region:<region>`, so the region's router and shards are placed on them
 (actors/registry.py pins actors to nodes with that resource). Removing a worker node kills the
 actors on it; Ray restarts them on the other worker; then a fresh worker is added.
@@ -39,6 +40,10 @@ FAST_FAILURE_DETECTION = {
 WORKER_OBJECT_STORE_BYTES = 100 * 1024 * 1024
 HEAD_OBJECT_STORE_BYTES = 200 * 1024 * 1024
 START_ATTEMPTS = 3
+# The head node's own resource, which the gateway replicas ask for (Settings.gateway_node_resource):
+# they stay on the head with the driver and Serve's controller, so a node_remove takes shards and
+# never the replicas (a lost replica is the gateway_kill fault's business).
+INGRESS_RESOURCE = "switchboard-ingress"
 
 
 @dataclasses.dataclass
@@ -115,6 +120,7 @@ class LocalCluster:
                 "include_dashboard": False,
                 "object_store_memory": HEAD_OBJECT_STORE_BYTES,
                 "_system_config": dict(FAST_FAILURE_DETECTION),
+                "resources": {INGRESS_RESOURCE: 1000},
             },
         )
         for _ in range(self.worker_count):

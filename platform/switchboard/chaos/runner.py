@@ -38,7 +38,7 @@ from switchboard.private_ports import free_port
 from switchboard.settings import Settings
 from switchboard.storage.database import make_engine
 
-from .cluster import LocalCluster
+from .cluster import INGRESS_RESOURCE, LocalCluster
 from .faults import DEFAULT_ORDER, FAULTS, FaultContext, FaultRecord, await_restart, build_faults
 from .history import Report, check_history
 from .seeding import seed_mailboxes
@@ -106,11 +106,13 @@ class ChaosRun:
             region="local",
             regions=("local",),
             shards_per_region=args.shards,
-            # Two gateway replicas, spread over the nodes by Serve: a lost node takes at most one,
-            # and its clients resume on the other at once. With one, a node loss that took the
-            # replica too measured the replica's replacement (up to ~10 s), not the shards'.
+            # Two gateway replicas on the head node: a gateway_kill drops half the clients, who
+            # resume on the other at once, and a node_remove takes shards, never a replica (when it
+            # also took the only replica, it measured Serve replacing that, up to ~10 s, not the
+            # shards' recovery).
             min_replicas=GATEWAY_REPLICAS,
             max_replicas=GATEWAY_REPLICAS,
+            gateway_node_resource=INGRESS_RESOURCE,
             send_rate_per_s=SEND_RATE_PER_S,
             send_burst=int(SEND_RATE_PER_S),
         )

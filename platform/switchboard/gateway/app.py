@@ -78,7 +78,11 @@ class Gateway:
 
 
 def gateway_application(settings: Settings, database_url: str):
+    actor_options = {"num_cpus": 0}
+    if settings.gateway_node_resource:
+        actor_options["resources"] = {settings.gateway_node_resource: 0.001}
     return Gateway.options(
+        ray_actor_options=actor_options,
         # A WebSocket holds its request slot for its whole life: the slot count is sockets.
         max_ongoing_requests=settings.sockets_per_replica,
         autoscaling_config={
