@@ -53,7 +53,7 @@ def build_app(core: GatewayCore) -> FastAPI:
     return app
 
 
-@serve.deployment(name=DEPLOYMENT_NAME, ray_actor_options={"num_cpus": 0}, graceful_shutdown_timeout_s=10)
+@serve.deployment(name=DEPLOYMENT_NAME, graceful_shutdown_timeout_s=10)
 @serve.ingress()
 class Gateway:
     async def __init__(self, settings: Settings, database_url: str):
@@ -78,6 +78,7 @@ class Gateway:
 
 
 def gateway_application(settings: Settings, database_url: str):
+    # No CPU reservation: a replica is an I/O-bound asyncio process (as the actors, registry.py).
     actor_options = {"num_cpus": 0}
     if settings.gateway_node_resource:
         actor_options["resources"] = {settings.gateway_node_resource: 0.001}
