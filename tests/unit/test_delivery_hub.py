@@ -5,9 +5,9 @@ per session if the batch fails otherwise. Fake shards and sockets; real Sessions
 from __future__ import annotations
 
 import asyncio
-import json
 
 from ray.exceptions import ActorUnavailableError
+from recording_socket import RecordingSocket
 
 from switchboard.actors.mailbox import AttachResult
 from switchboard.actors.ring import Ring
@@ -86,21 +86,6 @@ class Core:
         self.hub = hub
 
 
-class Socket:
-    def __init__(self):
-        self.frames: list[dict] = []
-        self.closed_with: tuple[int, str] | None = None
-
-    async def send_text(self, text: str) -> None:
-        self.frames.append(json.loads(text))
-
-    async def close(self, code: int, reason: str) -> None:
-        self.closed_with = (code, reason)
-
-    def cursors(self) -> list[int]:
-        return [f["cursor"] for f in self.frames if f["type"] == MESSAGE]
-
-
 def users_on(ring: Ring, shard: int, count: int) -> list[str]:
     return [u for u in (f"user{i}" for i in range(200)) if ring.user_shard(u) == shard][:count]
 
@@ -110,15 +95,23 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-async def open_sessions(hub: DeliveryHub, user_ids: list[str]) -> dict[str, tuple[Session, Socket]]:
+async def open_sessions(hub: DeliveryHub, user_ids: list[str]) -> dict[str, tuple[Session, RecordingSocket]]:
     opened = {}
     for user_id in user_ids:
-        socket = Socket()
+        socket = RecordingSocket()
         session = Session(Core(hub), Identity(user_id, "local"), socket.send_text, socket.close)
         await session.open(None)
         opened[user_id] = (session, socket)
     await settle()
     return opened
+
+
+async def sessions_on_shard_0(count: int, attach_deadline_s: float = 5.0):
+    """A hub with `count` open sessions, all of users on shard 0: (hub, shard 0, users, opened)."""
+    directory = FakeDirectory()
+    hub = DeliveryHub("gw", directory, attach_deadline_s=attach_deadline_s)
+    users = users_on(directory.ring, 0, count)
+    return hub, directory.handles[0], users, await open_sessions(hub, users)
 
 
 async def test_a_restarted_shard_gets_every_local_socket_back_in_one_call_with_its_cursor():
@@ -140,11 +133,7 @@ async def test_a_restarted_shard_gets_every_local_socket_back_in_one_call_with_i
 
 
 async def test_the_batch_is_retried_while_the_shard_is_gone():
-    directory = FakeDirectory()
-    hub = DeliveryHub("gw", directory, attach_deadline_s=5.0)
-    users = users_on(directory.ring, 0, 2)
-    opened = await open_sessions(hub, users)
-    shard = directory.handles[0]
+    hub, shard, users, opened = await sessions_on_shard_0(2)
     shard.failures = [ActorUnavailableError("restarting", None)]
     shard.missed = {users[1]: [4]}
 
@@ -158,11 +147,7 @@ async def test_the_batch_is_retried_while_the_shard_is_gone():
 
 
 async def test_a_batch_that_fails_otherwise_falls_back_to_one_attach_per_session():
-    directory = FakeDirectory()
-    hub = DeliveryHub("gw", directory, attach_deadline_s=5.0)
-    users = users_on(directory.ring, 0, 3)
-    opened = await open_sessions(hub, users)
-    shard = directory.handles[0]
+    hub, shard, users, opened = await sessions_on_shard_0(3)
     opened_attaches = len(shard.attach_calls)
     shard.failures = [RuntimeError("a replay query failed")]
     shard.missed = {users[2]: [4, 5, 6]}
@@ -177,11 +162,8 @@ async def test_a_batch_that_fails_otherwise_falls_back_to_one_attach_per_session
 
 
 async def test_sessions_are_closed_going_away_when_the_shard_stays_gone_past_the_deadline():
-    directory = FakeDirectory()
-    hub = DeliveryHub("gw", directory, attach_deadline_s=0.0)
-    users = users_on(directory.ring, 0, 2)
-    opened = await open_sessions(hub, users)
-    directory.handles[0].failures = [ActorUnavailableError("gone", None)]
+    hub, shard, _, opened = await sessions_on_shard_0(2, attach_deadline_s=0.0)
+    shard.failures = [ActorUnavailableError("gone", None)]
 
     hub._resume_shard(0)
     await asyncio.sleep(0.1)

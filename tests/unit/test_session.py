@@ -8,6 +8,8 @@ import json
 
 import pytest
 
+from recording_socket import RecordingSocket
+
 from switchboard.actors.mailbox import AttachResult
 from switchboard.actors.ops import MarkRead, Outcome, SendMessage
 from switchboard.auth import Identity
@@ -105,33 +107,13 @@ class FakeCore:
         return Outcome(value={}) if conversation_id == CID else Outcome.failed(Forbidden("not a member"))
 
 
-class Client:
-    """What the socket saw: frames written (parsed) and the close, if any."""
-
-    def __init__(self):
-        self.frames: list[dict] = []
-        self.closed_with: tuple[int, str] | None = None
-
-    async def send_text(self, text: str) -> None:
-        self.frames.append(json.loads(text))
-
-    async def close(self, code: int, reason: str) -> None:
-        self.closed_with = (code, reason)
-
-    def cursors(self) -> list[int]:
-        return [f["cursor"] for f in self.frames if f["type"] == MESSAGE]
-
-    def types(self) -> list[str]:
-        return [f["type"] for f in self.frames]
-
-
 @pytest.fixture
 async def make_session():
     sessions = []
 
     async def make(*results: AttachResult, since: int | None = None, **core_options):
         hub = FakeHub(*results)
-        client = Client()
+        client = RecordingSocket()
         session = Session(FakeCore(hub, **core_options), Identity("alice", "local"), client.send_text, client.close)
         sessions.append(session)
         await session.open(since)
@@ -177,7 +159,7 @@ async def test_open_past_the_retention_says_resync_required_then_ready(make_sess
 async def test_live_events_during_open_follow_the_replay_without_duplicates(make_session):
     hub = FakeHub(attached(3, 2, 3))
     gate = hub.hold(0)
-    client = Client()
+    client = RecordingSocket()
     session = Session(FakeCore(hub), Identity("alice", "local"), client.send_text, client.close)
     opening = asyncio.create_task(session.open(1))
     await settle()
@@ -239,7 +221,7 @@ async def test_a_gap_seen_while_finishing_a_resume_is_resumed_again(make_session
 async def test_a_resume_during_open_does_not_replay_history_before_ready(make_session):
     hub = FakeHub(attached(5), attached(5, 1, 2, 3, 4, 5))
     opening_gate = hub.hold(0)
-    client = Client()
+    client = RecordingSocket()
     session = Session(FakeCore(hub), Identity("alice", "local"), client.send_text, client.close)
     opening = asyncio.create_task(session.open(None))  # the client asked for no replay
     await settle()

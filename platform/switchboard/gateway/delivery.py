@@ -19,17 +19,13 @@ from typing import TYPE_CHECKING
 
 from switchboard.actors.mailbox import AttachResult, Delivery
 
-from .shards import SHARD_GONE, ShardDirectory
+from .shards import RETRY_BACKOFF_S, SHARD_GONE, ShardDirectory, call_while_restarting
 
 if TYPE_CHECKING:
     from .session import Session
 
 log = logging.getLogger(__name__)
 
-# A call to a restarting shard fails at once (local.ray_environment), so these pauses are most of
-# what a retry adds to a restart; a failed call costs next to nothing.
-RECONNECT_BACKOFF_S = 0.05
-ATTACH_RETRY_S = 0.05
 # Well inside the shards' lease (actors/shard.py GATEWAY_LEASE_S), so two lost beats are survived.
 HEARTBEAT_INTERVAL_S = 2.0
 
@@ -74,14 +70,8 @@ class DeliveryHub:
     async def attach(self, user_id: str, since: int | None) -> AttachResult:
         """Attach a socket to its mailbox, waiting out a shard restart up to the deadline."""
         _, handle = self.directory.for_user(user_id)
-        deadline = asyncio.get_running_loop().time() + self.attach_deadline_s
-        while True:
-            try:
-                return await handle.attach.remote(self.gateway_id, user_id, since)
-            except SHARD_GONE:
-                if asyncio.get_running_loop().time() > deadline:
-                    raise
-                await asyncio.sleep(ATTACH_RETRY_S)
+        return await call_while_restarting(lambda: handle.attach.remote(self.gateway_id, user_id, since),
+                                           self.attach_deadline_s)
 
     def ack(self, user_id: str, cursor: int) -> None:
         _, handle = self.directory.for_user(user_id)
@@ -110,7 +100,7 @@ class DeliveryHub:
             except Exception:
                 log.exception("delivery stream from shard %d failed", index)
                 reconnecting = True
-            await asyncio.sleep(RECONNECT_BACKOFF_S)
+            await asyncio.sleep(RETRY_BACKOFF_S)
 
     async def _heartbeat(self) -> None:
         """Tell every shard this replica lives; a dead one stops, and the shards forget its sockets."""
@@ -139,28 +129,24 @@ class DeliveryHub:
         If the call fails for another reason than the shard being gone (a replay query), each
         session tries alone, so that one mailbox's trouble does not close every socket."""
         handle = self.directory.handles[index]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.attach_deadline_s
-        while True:
+
+        def attach_open_sessions():  # again on each retry, without the sessions closed meanwhile
+            nonlocal sessions
             sessions = [session for session in sessions if not session.closed]
-            if not sessions:
-                return
-            try:
-                results = await handle.attach_many.remote(
-                    self.gateway_id, [(session.user_id, session.last_cursor) for session in sessions])
-                break
-            except SHARD_GONE as error:
-                if loop.time() > deadline:
-                    log.warning("shard %d stayed unavailable (%s); closing its %d sessions here",
-                                index, type(error).__name__, len(sessions))
-                    await asyncio.gather(*(session.reattach_failed() for session in sessions))
-                    return
-                await asyncio.sleep(ATTACH_RETRY_S)
-            except Exception as error:
-                log.warning("re-attaching %d sessions to shard %d at once failed (%s); one by one",
-                            len(sessions), index, error)
-                await asyncio.gather(*(session.reattach_alone() for session in sessions))
-                return
+            return handle.attach_many.remote(self.gateway_id, [(s.user_id, s.last_cursor) for s in sessions])
+
+        try:
+            results = await call_while_restarting(attach_open_sessions, self.attach_deadline_s)
+        except SHARD_GONE as error:
+            log.warning("shard %d stayed unavailable (%s); closing its %d sessions here",
+                        index, type(error).__name__, len(sessions))
+            await asyncio.gather(*(session.reattach_failed() for session in sessions))
+            return
+        except Exception as error:
+            log.warning("re-attaching %d sessions to shard %d at once failed (%s); one by one",
+                        len(sessions), index, error)
+            await asyncio.gather(*(session.reattach_alone() for session in sessions))
+            return
         for session, result in zip(sessions, results):
             session.reattached(result)
 
