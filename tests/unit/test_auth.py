@@ -103,3 +103,105 @@ def test_unauthorized_reaches_the_wire_as_code_unauthorized():
     with pytest.raises(Unauthorized) as caught:
         verify("nope")
     assert caught.value.to_wire()["code"] == "unauthorized"
+
+
+# ---- the token's expiry ------------------------------------------------------------------------
+
+def test_an_identity_carries_the_tokens_expiry():
+    exp = in_an_hour()
+    identity = verify(signed({"sub": "alice", "exp": exp}))
+    assert identity.expires_at == float(exp) and isinstance(identity.expires_at, float)
+    minted = verify(mint_token(SECRET, "bob", ttl_s=60))
+    assert 0 < minted.expires_at - time.time() <= 60
+    assert verify(signed({"sub": "alice", "exp": exp + 0.5})).expires_at == exp + 0.5
+
+
+def test_an_identity_not_proved_by_a_token_has_no_expiry_and_expiry_is_not_compared():
+    assert Identity("alice", "local").expires_at is None
+    assert Identity("alice", "local", expires_at=1.0) == Identity("alice", "local")
+    assert hash(Identity("alice", "local", expires_at=1.0)) == hash(Identity("alice", "local"))
+
+
+@pytest.mark.parametrize("exp", [str(4_000_000_000), "soon", None, [4_000_000_000], {"at": 1}, True, 10**400])
+def test_an_exp_that_is_not_a_finite_number_is_unauthorized(exp):
+    with pytest.raises(Unauthorized):
+        verify(signed({"sub": "alice", "exp": exp}))
+
+
+@pytest.mark.parametrize("exp", ["NaN", "Infinity", "-Infinity", "1e400"])
+def test_an_exp_that_is_not_json_is_unauthorized(exp):
+    with pytest.raises(Unauthorized):
+        verify(raw_signed('{"sub": "alice", "exp": ' + exp + "}"))
+
+
+# ---- claim types -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("region", [5, ["eu"], {"eu": 1}, True, None, 1.5])
+def test_a_region_claim_that_is_not_a_string_is_unauthorized(region):
+    with pytest.raises(Unauthorized, match="region"):
+        verify(signed({"sub": "alice", "exp": in_an_hour(), "region": region}))
+
+
+def test_an_empty_region_claim_means_the_default_region():
+    assert verify(signed({"sub": "alice", "exp": in_an_hour(), "region": ""})).region == "local"
+
+
+@pytest.mark.parametrize("sub", ["alice\n", "\nalice", "alice ", "\u0430lice", "alice\u200b", {"id": "alice"}, 1.5, True])
+def test_a_subject_with_whitespace_lookalikes_or_another_type_is_unauthorized(sub):
+    with pytest.raises(Unauthorized, match="subject|invalid token"):
+        verify(signed({"sub": sub, "exp": in_an_hour()}))
+
+
+# ---- no text of PyJWT reaches a client ---------------------------------------------------------
+
+OUR_MESSAGES = {"missing token", "token expired", "invalid token", "token subject is not a valid user_id",
+                "token expiry is not a number", "token expiry is out of range", "token region is not a string",
+                "unknown region"}
+
+
+def b64(data: bytes) -> str:
+    return jwt.utils.base64url_encode(data).decode()
+
+
+def raw_signed(payload: str, header: str = '{"alg": "HS256", "typ": "JWT"}', secret: str = SECRET) -> str:
+    """A token over exactly these JSON texts (PyJWT's encoder would refuse or rewrite some)."""
+    import hashlib
+    import hmac
+
+    signing_input = b64(header.encode()) + "." + b64(payload.encode())
+    signature = hmac.new(secret.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return signing_input + "." + b64(signature)
+
+
+HOSTILE_TOKENS = [
+    "not-a-jwt", "a.b.c", "a.b", "...", "a" * 10_000, "\u00e9.\u00e9.\u00e9", "\x00", "eyJ.eyJ.eyJ",
+    mint_token("another-secret-that-is-also-long-enough-for-hs256", "alice"),
+    mint_token(SECRET, "alice", ttl_s=-10),
+    mint_token(SECRET, "alice", region="mars"),
+    signed({"sub": "alice", "exp": in_an_hour()}, algorithm="HS512"),
+    jwt.encode({"sub": "alice", "exp": in_an_hour()}, None, algorithm="none"),
+    signed({"sub": "alice", "exp": in_an_hour(), "nbf": in_an_hour()}),
+    signed({"sub": "alice", "exp": in_an_hour(), "iat": "yesterday"}),
+    signed({"sub": "alice", "exp": in_an_hour(), "aud": "someone"}),
+    signed({"sub": "alice"}),
+    raw_signed("[" * 10_000 + "]" * 10_000),
+    raw_signed('{"sub": "alice", "exp": 4000000000, "x": ' + "[" * 10_000 + "]" * 10_000 + "}"),
+    raw_signed('{"sub": "alice", "exp": 4000000000}', header="[" * 10_000 + "]" * 10_000),
+    raw_signed('{"sub": "alice", "exp": 4000000000}', header='{"alg": "HS256", "kid": 5}'),
+    raw_signed('{"sub": "alice", "exp": 4000000000}', header='{"alg": ["HS256"]}'),
+    raw_signed('{"sub": "alice", "exp": ' + "9" * 5000 + "}"),
+    raw_signed('{"sub": "alice", "exp": 4000000000}', header='{"alg": "HS256", "x": ' + "1" * 5000 + "}"),
+    raw_signed("[1, 2]"), raw_signed('"alice"'), raw_signed("null"), raw_signed("{"),
+    b64(b'{"alg":"HS256"}') + "." + b64(b"\xff\xfe") + ".sig",
+]
+
+
+@pytest.mark.parametrize("token", HOSTILE_TOKENS)
+def test_every_refusal_is_unauthorized_with_a_message_of_our_own(token):
+    with pytest.raises(Unauthorized) as caught:
+        verify(token)
+    assert type(caught.value) is Unauthorized
+    assert caught.value.message in OUR_MESSAGES
+    # PyJWT's exception is not chained in either (a traceback shown to anyone names only ours).
+    assert caught.value.__cause__ is None
+    assert caught.value.__context__ is None or caught.value.__suppress_context__

@@ -251,3 +251,285 @@ def test_server_frames_have_the_documented_shape():
     assert protocol.resync_frame(9) == {"type": "resync_required", "cursor": 9}
     assert protocol.pong_frame("n") == {"type": "pong", "nonce": "n"}
     assert protocol.typing_frame(CID, "bob") == {"type": "typing", "conversation_id": CID, "user_id": "bob"}
+
+
+# ---- hostile clients: strict JSON (one parser for frames and HTTP bodies) ----------------------
+
+DEEP = 10_000
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["[" * DEEP + "]" * DEEP, ("[" * DEEP + "]" * DEEP).encode(),
+     '{"a":' * DEEP + "1" + "}" * DEEP, ('{"a":' * DEEP + "1" + "}" * DEEP).encode(),
+     "[" * DEEP, "[" * 500 + "]" * 500],
+)
+def test_json_nested_far_too_deep_is_invalid_never_a_recursion_error(raw):
+    with pytest.raises(Invalid) as caught:
+        protocol.parse_json(raw)
+    assert type(caught.value) is Invalid
+
+
+def test_json_depth_counts_the_top_level_container_as_one():
+    assert protocol.MAX_JSON_DEPTH == 32
+    assert protocol.parse_json("[" * 32 + "]" * 32) is not None
+    with pytest.raises(Invalid, match="deeper"):
+        protocol.parse_json("[" * 33 + "]" * 33)
+    assert protocol.parse_json('{"a": {"b": [1]}}', max_depth=3) == {"a": {"b": [1]}}
+    with pytest.raises(Invalid, match="deeper"):
+        protocol.parse_json('{"a": {"b": [1]}}', max_depth=2)
+    with pytest.raises(Invalid, match="deeper"):  # a deep branch after a shallow one
+        protocol.parse_json('[[1], 2, {"x": [[[]]]}]', max_depth=3)
+    assert protocol.parse_json("7", max_depth=0) == 7  # a scalar has no depth
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["NaN", "Infinity", "-Infinity", "[NaN]", '{"x": Infinity}', "1e400", "-1e400", "[1E999]",
+     "1" * 4301, "-" + "1" * 4301, b"1e400", b"NaN"],
+)
+def test_nan_infinity_overflowing_floats_and_huge_integers_are_invalid(raw):
+    with pytest.raises(Invalid):
+        protocol.parse_json(raw)
+
+
+def test_the_largest_allowed_integer_literal_and_ordinary_numbers_parse():
+    assert protocol.parse_json("9" * 4300) == int("9" * 4300)
+    assert protocol.parse_json("-" + "9" * 4300) == -int("9" * 4300)
+    assert protocol.parse_json("[1.5, -0.0, 1e-400, 1e308, 0]") == [1.5, -0.0, 0.0, 1e308, 0]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"\xff", b'{"a": "\xc3"}', b'"\xed\xa0\x80"',  # a truncated sequence; an encoded surrogate
+     "\ufeff{}".encode("utf-16"), '{"a": 1}'.encode("utf-16-le"), b"\xef\xbb\xbf{}"],
+)
+def test_json_bytes_must_be_utf8(raw):
+    with pytest.raises(Invalid):
+        protocol.parse_json(raw)
+
+
+@pytest.mark.parametrize("raw", ["", " ", "{", "{}{}", "[1,]", "{'a': 1}", "\x00", None, 5, ["[]"]])
+def test_anything_but_one_json_text_is_invalid(raw):
+    with pytest.raises(Invalid):
+        protocol.parse_json(raw)
+
+
+def test_json_bytes_and_text_parse_the_same():
+    text = '{"body": "h\u00e9llo \u20ac", "n": [1, 2.5, null, true]}'
+    assert protocol.parse_json(text) == protocol.parse_json(text.encode()) == json.loads(text)
+
+
+def test_a_deep_frame_is_an_invalid_frame_without_ref():
+    for raw in ["[" * DEEP + "]" * DEEP, '{"type": "send", "client_msg_id": "k1", "x": ' + "[" * DEEP + "]" * DEEP + "}"]:
+        error = refusal(raw)
+        assert (error.code, error.ref) == (Code.INVALID, None)
+
+
+def test_the_frame_depth_limit_is_a_keyword():
+    nested = {"type": "ping", "x": [[[[1]]]]}
+    assert parse_client_frame(json.dumps(nested), MAX_BODY) == PingFrame(nonce=None)
+    with pytest.raises(FrameError) as caught:
+        parse_client_frame(json.dumps(nested), MAX_BODY, max_depth=4)
+    assert caught.value.code == Code.INVALID
+
+
+@pytest.mark.parametrize("text", ['{"type": "ack", "cursor": NaN}', '{"type": "ack", "cursor": 1e400}',
+                                  '{"type": "ping", "nonce": Infinity}', '{"type": "ping", "nonce": -Infinity}'])
+def test_frames_with_non_json_numbers_are_invalid(text):
+    error = refusal(text)
+    assert (error.code, error.ref) == (Code.INVALID, None)
+
+
+def test_http_bodies_are_objects_and_empty_means_empty_object():
+    assert protocol.parse_json_body(b"") == {}
+    assert protocol.parse_json_body(b'{"members": ["a"]}') == {"members": ["a"]}
+    assert protocol.parse_json_body(b' {"seq": 3} \n') == {"seq": 3}
+    for raw in [b"[]", b"3", b'"x"', b"null", b" ", b"{", b"\xff", b"NaN", b'{"x": 1e400}',
+                b"[" * DEEP + b"]" * DEEP]:
+        with pytest.raises(Invalid):
+            protocol.parse_json_body(raw)
+    with pytest.raises(Invalid, match="deeper"):
+        protocol.parse_json_body(b'{"a": [[]]}', max_depth=2)
+
+
+# ---- hostile clients: 64-bit integers ----------------------------------------------------------
+
+INT64_MAX = 2**63 - 1
+
+
+INT_FIELDS = {"cursor": {"type": "ack"}, "seq": {"type": "read", "conversation_id": CID},
+              "since": {"type": "auth", "token": "t"}}
+
+
+@pytest.mark.parametrize("value", [0, 1, INT64_MAX])
+@pytest.mark.parametrize("field", list(INT_FIELDS))
+def test_integer_fields_take_every_value_up_to_int64_max(field, value):
+    assert getattr(parse({**INT_FIELDS[field], field: value}), field) == value
+
+
+@pytest.mark.parametrize("value", [2**63, 2**64, 10**30, -1, -(2**63), 1.0, 0.0, 3.5, True, False, "1", [1], {}])
+@pytest.mark.parametrize("field", list(INT_FIELDS))
+def test_integer_fields_refuse_anything_but_an_int64(field, value):
+    error = refusal({**INT_FIELDS[field], field: value})
+    assert (error.code, error.ref) == (Code.INVALID, None)
+
+
+@pytest.mark.parametrize("number", ["1e3", "1E0", "5.0", "-0.0", "1.0e0"])
+@pytest.mark.parametrize("field", list(INT_FIELDS))
+def test_floats_where_ints_belong_are_invalid(field, number):
+    text = json.dumps({**INT_FIELDS[field], field: "N"}).replace('"N"', number)
+    assert refusal(text).code == Code.INVALID
+
+
+def test_validate_seq_and_validate_int_bound_to_64_bits():
+    assert protocol.validate_seq(INT64_MAX) == INT64_MAX
+    with pytest.raises(Invalid):
+        protocol.validate_seq(INT64_MAX + 1)
+    assert protocol.validate_int(5, "limit", minimum=1) == 5
+    with pytest.raises(Invalid, match="limit"):
+        protocol.validate_int(0, "limit", minimum=1)
+    assert protocol.INT64_MAX == INT64_MAX and protocol.INT64_MIN == -(2**63)
+
+
+@pytest.mark.parametrize("raw, expected", [(None, None), ("0", 0), ("7", 7), ("007", 7),
+                                           (str(INT64_MAX), INT64_MAX), ("0" * 19, 0)])
+def test_query_ints_are_plain_decimal_digits(raw, expected):
+    assert protocol.validate_query_int(raw, "after") == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["", " 5", "5 ", "\t5", "5\n", "+5", "-5", "-0", "1_0", "1e3", "1.0", "0x10", "\u0663", "\uff15",
+     "5\u00a0", str(2**63), str(2**64), "0" * 20, "9" * 4301, "abc", "1,2"],
+)
+def test_query_ints_refuse_what_python_int_would_take_and_what_overflows(raw):
+    with pytest.raises(Invalid, match="after"):
+        protocol.validate_query_int(raw, "after")
+
+
+def test_query_int_minimum():
+    assert protocol.validate_query_int("1", "limit", minimum=1) == 1
+    with pytest.raises(Invalid, match="limit"):
+        protocol.validate_query_int("0", "limit", minimum=1)
+
+
+# ---- hostile clients: the ping nonce, and strict JSON out --------------------------------------
+
+@pytest.mark.parametrize("nonce", ["", "n" * protocol.NONCE_MAX, "h\u00e9 \u20ac", 0, -1, INT64_MAX, -(2**63), None])
+def test_a_nonce_is_a_short_string_an_int64_or_null_and_comes_back_as_strict_json(nonce):
+    frame = parse({"type": "ping", "nonce": nonce})
+    assert frame == PingFrame(nonce=nonce)
+    assert json.loads(protocol.frame_text(protocol.pong_frame(frame.nonce)),
+                      parse_constant=lambda name: pytest.fail(name)) == {"type": "pong", "nonce": nonce}
+
+
+@pytest.mark.parametrize("nonce", [2**63, -(2**63) - 1, 2**64, 1.5, 0.0, True, False, [], {}, ["n"], {"a": 1},
+                                   "n" * (protocol.NONCE_MAX + 1), "a\ud800"])
+def test_any_other_nonce_is_invalid(nonce):
+    error = refusal({"type": "ping", "nonce": nonce})
+    assert (error.code, error.ref) == (Code.INVALID, None)
+
+
+@pytest.mark.parametrize("text", ['{"type": "ping", "nonce": NaN}', '{"type": "ping", "nonce": Infinity}',
+                                  '{"type": "ping", "nonce": 1e400}'])
+def test_a_nonce_that_is_not_json_is_invalid_never_echoed(text):
+    assert refusal(text).code == Code.INVALID
+
+
+def test_frame_text_refuses_to_write_anything_but_strict_json():
+    for value in [float("nan"), float("inf"), float("-inf")]:
+        with pytest.raises(ValueError):
+            protocol.frame_text(protocol.pong_frame(value))
+    assert protocol.frame_text({"type": "pong", "nonce": 1}) == '{"type":"pong","nonce":1}'
+
+
+# ---- hostile clients: frame size (the auth frame's own limit) ----------------------------------
+
+def test_frame_too_large_counts_utf8_bytes():
+    assert not protocol.frame_too_large("", 0)
+    assert not protocol.frame_too_large("x" * 10, 10)
+    assert protocol.frame_too_large("x" * 11, 10)
+    assert not protocol.frame_too_large("\u20ac" * 3, 9)  # 3 bytes each
+    assert protocol.frame_too_large("\u20ac" * 4, 11)
+    assert protocol.frame_too_large("\U0001f600" * 3, 11)  # 4 bytes each
+    assert not protocol.frame_too_large("\U0001f600" * 3, 12)
+    assert protocol.frame_too_large("x" * 100_000, 65_536)
+
+
+def test_a_70_kib_frame_padded_around_a_valid_auth_is_too_large():
+    auth = json.dumps({"type": "auth", "token": "header.payload.signature", "since": 3})
+    limit = 64 * 1024
+    for padded in [" " * 35_000 + auth + " " * 35_000,
+                   auth[:-1] + ', "pad": "' + "x" * (70 * 1024) + '"}',
+                   auth[:-1] + ', "pad": "' + "\u20ac" * (24 * 1024) + '"}']:  # 72 KiB in 24 Ki chars
+        assert protocol.frame_too_large(padded, limit)
+        with pytest.raises(FrameError) as caught:
+            parse_client_frame(padded, MAX_BODY, max_frame_bytes=limit)
+        assert (caught.value.code, caught.value.ref) == (Code.TOO_LARGE, None)
+        # Without the limit the padding is ignored: the size check is the caller's (or max_frame_bytes).
+        assert parse_client_frame(padded, MAX_BODY) == AuthFrame(token="header.payload.signature", since=3)
+    assert not protocol.frame_too_large(auth, 4096)
+    assert parse_client_frame(auth, MAX_BODY, max_frame_bytes=4096) == AuthFrame("header.payload.signature", 3)
+
+
+def test_the_old_positional_signature_still_works():
+    assert parse_client_frame('{"type": "ack", "cursor": 1}', MAX_BODY) == AckFrame(cursor=1)
+
+
+# ---- hostile clients: identifiers never pass with whitespace or lookalikes ---------------------
+
+WHITESPACE_AND_LOOKALIKES = ["\n", "\r\n", " ", "\t", "\x0b", "\x0c", "\u00a0", "\u2028", "\u200b", "\x00"]
+
+
+@pytest.mark.parametrize("user_id", ["alice\n", "\nalice", "alice ", " alice", "al ice", "alice\r\n", "alice\t",
+                                     "\u0430lice",  # Cyrillic a
+                                     "alic\u0435",  # Cyrillic e
+                                     "\uff41lice",  # fullwidth a
+                                     "alice\u200b", "alice\u00a0", "\u212alice", "x" * 64 + "\n"])
+def test_user_ids_with_whitespace_or_lookalikes_are_invalid(user_id):
+    with pytest.raises(Invalid):
+        protocol.validate_user_id(user_id)
+    with pytest.raises(Invalid):
+        protocol.validate_members(["bob", user_id], max_members=5)
+
+
+@pytest.mark.parametrize("suffix", WHITESPACE_AND_LOOKALIKES)
+def test_conversation_ids_with_whitespace_are_invalid_everywhere(suffix):
+    for conversation_id in ["c_abc" + suffix, suffix + "c_abc", "c_" + suffix + "abc"]:
+        with pytest.raises(Invalid):
+            protocol.validate_conversation_id(conversation_id)
+        for frame in [send(conversation_id=conversation_id),
+                      {"type": "read", "conversation_id": conversation_id, "seq": 1},
+                      {"type": "typing", "conversation_id": conversation_id}]:
+            assert refusal(frame).code == Code.INVALID
+
+
+@pytest.mark.parametrize("conversation_id", ["c_abc\n", "\u0441_abc", "c_\u0430bc", "c_abc\u200b", "c\uff3fabc"])
+def test_conversation_id_lookalikes_are_invalid(conversation_id):
+    with pytest.raises(Invalid):
+        protocol.validate_conversation_id(conversation_id)
+
+
+def test_every_identifier_pattern_is_used_with_fullmatch():
+    """`match` would accept a prefix and `$` a trailing newline: protocol.py checks identifiers
+    with fullmatch only (and searches only for characters it refuses)."""
+    import inspect
+    import re
+
+    source = inspect.getsource(protocol)
+    uses = re.findall(r"\b([A-Z_]+_RE)\.(\w+)\(", source)
+    assert uses, "no pattern uses found"
+    for name, method in uses:
+        if name in ("UNSTORABLE_TEXT_RE", "LONE_SURROGATE_RE"):
+            assert method == "search", (name, method)
+        else:
+            assert method == "fullmatch", (name, method)
+    assert "$" not in protocol.USER_ID_RE.pattern + protocol.CONVERSATION_ID_RE.pattern
+    assert not protocol.USER_ID_RE.flags & re.IGNORECASE  # IGNORECASE would let in the Kelvin sign
+
+
+def test_a_long_unknown_type_is_not_echoed():
+    error = refusal({"type": "x" * 10_000})
+    assert error.message == "unknown frame type"
+    assert "'subscribe'" in refusal({"type": "subscribe"}).message
