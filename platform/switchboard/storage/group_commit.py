@@ -8,6 +8,19 @@ commits 30x faster batched than per row: durable-before-ack needs this.
 The checks that must veto the commit are made by the statements themselves, so the COMMIT can be
 pipelined behind them: a sequence fence that does not move divides by zero, a retried message hits
 the unique index; either error aborts the transaction and the COMMIT that follows becomes a no-op.
+
+Why the COMMIT is a statement in the pipeline and not `connection.commit()`: inside a pipeline,
+psycopg's commit() syncs and then waits only for the server's answer, after a single flush of its
+output buffer. When the batch's statements are larger than the socket can take at once (a
+10,000-member conversation is ~1.2 MB of rows), the rest of the last statement stays in libpq's
+buffer, the server waits for it (`ClientRead`), psycopg waits for the server: a shard's writer
+stuck for good (found by a hostile-client review; tests/integration/test_hostile_sizes.py).
+Leaving the pipeline flushes everything before it waits, so the COMMIT goes in as a statement
+and the pipeline's exit sends it.
+
+Every transaction first sets its own statement_timeout (the time its operations have left before
+their sends must be answered): a database that hangs makes the batch fail in time, and what
+failed was not committed.
 """
 
 from __future__ import annotations
@@ -19,17 +32,19 @@ from ..protocol import now_ms
 from .models import MESSAGE, MailboxEvent, Message, WriteBatch
 
 
-def write_batch(driver, batch: WriteBatch) -> None:
+def write_batch(driver, batch: WriteBatch, statement_timeout_ms: int | None = None) -> None:
     """Run the batch's transaction on a psycopg connection (not in a transaction yet) and
     commit it; assigns each event its cursor. Raises psycopg errors untranslated."""
     with driver.cursor() as cursor, driver.cursor() as events:
-        with driver.pipeline():
+        with driver.pipeline():  # its exit flushes every byte, then reads every answer
+            if statement_timeout_ms is not None:
+                cursor.execute(SET_STATEMENT_TIMEOUT, {"ms": str(max(1, int(statement_timeout_ms)))})
             for statement, params in _statements(batch):
                 cursor.execute(statement, params)
             if batch.events:
                 created_at = batch.messages[0].ts if batch.messages else now_ms()
                 events.execute(APPEND_EVENTS, _event_columns(batch.events, created_at))
-            driver.commit()
+            cursor.execute("COMMIT")
         if batch.events:
             _assign_cursors(batch.events, events.fetchall())
 
@@ -70,6 +85,9 @@ def _statements(batch: WriteBatch):
             "seqs": [r[2] for r in batch.read_marks],
         }
 
+
+# Local to the transaction: the connection's own default applies again after it.
+SET_STATEMENT_TIMEOUT = "SELECT set_config('statement_timeout', %(ms)s, true)"
 
 INSERT_CONVERSATIONS = """
     INSERT INTO conversations (conversation_id, title, region, created_by, created_at, last_seq)

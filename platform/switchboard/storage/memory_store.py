@@ -74,11 +74,15 @@ class MemoryStore:
                 return None
             return self._conversation_copy(conversation_id)
 
-    def list_conversations(self, user_id: str) -> list[Conversation]:
+    def list_conversations(self, user_id: str, limit: int | None = None,
+                           after: tuple[int, str] | None = None) -> list[Conversation]:
         with self._guard():
             mine = [cid for cid, members in self._members.items() if user_id in members]
             result = [self._conversation_copy(cid) for cid in mine]
-        return sorted(result, key=lambda c: (c.created_at, c.conversation_id))
+        ordered = sorted(result, key=lambda c: (c.created_at, c.conversation_id))
+        if after is not None:
+            ordered = [c for c in ordered if (c.created_at, c.conversation_id) > after]
+        return ordered if limit is None else ordered[:limit]
 
     # ---- messages ---------------------------------------------------------------------------
 
@@ -98,7 +102,7 @@ class MemoryStore:
 
     # ---- the group commit -------------------------------------------------------------------
 
-    def apply(self, batch: WriteBatch) -> None:
+    def apply(self, batch: WriteBatch, timeout_s: float | None = None) -> None:
         with self._guard():
             self._check(batch)  # raises before anything changes: the rollback of SqlStore
             self._insert_conversations(batch)

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import time
 
 import psycopg
 import psycopg.errors
+from psycopg.pq import TransactionStatus
 from sqlalchemy import Engine, bindparam, exc, select, text
 
 from . import schema
 from .group_commit import write_batch
 from .models import MESSAGE, Conversation, MailboxEvent, MailboxHead, Message, StoredCheckpoint, WriteBatch
 from .store import StaleSequencer, StorageUnavailable
+from .watchdog import WATCHDOG
+
+# The watchdog cancels a transaction this long after its statement_timeout should have ended it
+# (the server's own timeout comes first; this is for a server that does not keep to it).
+CANCEL_GRACE_S = 0.5
+CANCEL_TIMEOUT_S = 2.0
 
 
 # What a database that cannot be reached raises through SQLAlchemy: a driver error, or no pooled
@@ -50,22 +58,36 @@ class SqlStore:
             raise _unavailable(error) from error
         return Conversation(members=set(member_ids), read_marks=dict(marks), **row)
 
-    def list_conversations(self, user_id: str) -> list[Conversation]:
+    def list_conversations(self, user_id: str, limit: int | None = None,
+                           after: tuple[int, str] | None = None) -> list[Conversation]:
+        """The user's conversations in (created_at, conversation_id) order: at most `limit` of
+        them, those after the key `after` (a page's last one): keyset pages, so page N costs as
+        little as page 1."""
         query = text(
             """
+            WITH page AS (
+                SELECT c.conversation_id, c.created_at
+                FROM members mine JOIN conversations c ON c.conversation_id = mine.conversation_id
+                WHERE mine.user_id = :user_id
+                  AND (c.created_at, c.conversation_id) > (:after_ts, :after_id)
+                ORDER BY c.created_at, c.conversation_id
+                LIMIT :limit
+            )
             SELECT c.conversation_id, c.title, c.region, c.created_by, c.created_at, c.last_seq,
                    array_agg(everyone.user_id) AS member_ids
-            FROM members mine
-            JOIN conversations c ON c.conversation_id = mine.conversation_id
+            FROM page
+            JOIN conversations c ON c.conversation_id = page.conversation_id
             JOIN members everyone ON everyone.conversation_id = c.conversation_id
-            WHERE mine.user_id = :user_id
             GROUP BY c.conversation_id
             ORDER BY c.created_at, c.conversation_id
             """
         )
+        after_ts, after_id = after if after is not None else (-1, "")
+        params = {"user_id": user_id, "after_ts": after_ts, "after_id": after_id,
+                  "limit": limit if limit is not None else None}
         try:
             with self.engine.connect() as conn:
-                rows = conn.execute(query, {"user_id": user_id}).mappings().all()
+                rows = conn.execute(query, params).mappings().all()
         except DATABASE_ERRORS as error:
             raise _unavailable(error) from error
         result = []
@@ -121,18 +143,29 @@ class SqlStore:
 
     # ---- the group commit -------------------------------------------------------------------
 
-    def apply(self, batch: WriteBatch) -> None:
+    def apply(self, batch: WriteBatch, timeout_s: float | None = None) -> None:
         """The group commit (group_commit.py), on a pooled connection used raw: the pipeline
-        needs psycopg itself, and SQLAlchemy's per-statement work is exactly what it avoids."""
+        needs psycopg itself, and SQLAlchemy's per-statement work is exactly what it avoids.
+        With `timeout_s`, the transaction fails (nothing committed) rather than run longer:
+        statement_timeout on the server, and the watchdog's cancel a little later if the
+        server does not keep to it."""
+        timeout_ms = None if timeout_s is None else max(1, int(timeout_s * 1000))
         with self._raw_connection() as connection:
+            driver = connection.driver_connection
+            token = None
+            if timeout_s is not None:
+                token = WATCHDOG.arm(time.monotonic() + timeout_s + CANCEL_GRACE_S, _canceller(driver))
             try:
-                write_batch(connection.driver_connection, batch)
+                write_batch(driver, batch, timeout_ms)
             except (psycopg.errors.DivisionByZero, psycopg.errors.UniqueViolation) as error:
                 # A fence that did not move, or a message colliding with a stored one: another
                 # writer moved this conversation (or a retried send this process did not remember).
                 _roll_back(connection)
                 what = "a sequence fence did not move" if isinstance(error, psycopg.errors.DivisionByZero) else "a row collided"
                 raise StaleSequencer(f"{what}: {str(error).splitlines()[0]}") from error
+            finally:
+                if token is not None:
+                    WATCHDOG.disarm(token)
 
     # ---- mailboxes --------------------------------------------------------------------------
 
@@ -322,8 +355,8 @@ class SqlStore:
     @contextlib.contextmanager
     def _raw_connection(self):
         """A pooled connection used as psycopg itself. Any database error on it (getting one
-        included) leaves as StorageUnavailable, and a connection the database dropped is never
-        handed out again."""
+        included) leaves as StorageUnavailable, and a connection that may be out of step with
+        its server is never handed out again."""
         try:
             connection = self.engine.raw_connection()
         except (psycopg.Error, *DATABASE_ERRORS) as error:  # no connection to be had
@@ -331,13 +364,27 @@ class SqlStore:
         try:
             yield connection
         except psycopg.Error as error:
-            if connection.driver_connection.closed or isinstance(error, psycopg.OperationalError):
-                connection.invalidate()  # the database went away
+            if _out_of_step(connection.driver_connection, error):
+                connection.invalidate()  # the database went away, or a message was cut short
             else:
                 _roll_back(connection)
             raise _unavailable(error) from error
         finally:
             connection.close()  # back to the pool
+
+
+def _out_of_step(driver, error: psycopg.Error) -> bool:
+    """True when the connection cannot be trusted for another transaction: closed, broken, or
+    still busy with a command (a pipeline cut short would otherwise hang the next ROLLBACK)."""
+    if driver.closed or isinstance(error, psycopg.OperationalError):
+        return True
+    return driver.info.transaction_status in (TransactionStatus.ACTIVE, TransactionStatus.UNKNOWN)
+
+
+def _canceller(driver):
+    def cancel() -> None:
+        driver.cancel_safe(timeout=CANCEL_TIMEOUT_S)
+    return cancel
 
 
 def _event_from_row(user_id: str, row) -> MailboxEvent:

@@ -26,14 +26,18 @@ class Store(Protocol):
     def find_sent(self, keys: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], Message]:
         """Messages already stored under these (conversation_id, sender, client_msg_id) keys."""
 
-    def apply(self, batch: WriteBatch) -> None:
-        """Commit the batch in one transaction, assigning each event its cursor."""
+    def apply(self, batch: WriteBatch, timeout_s: float | None = None) -> None:
+        """Commit the batch in one transaction, assigning each event its cursor. With timeout_s,
+        a transaction that would take longer fails instead (StorageUnavailable, nothing written)."""
 
     def mailbox_head(self, user_id: str) -> MailboxHead: ...
 
     def events_after(self, user_id: str, after: int, through: int, limit: int) -> list[MailboxEvent]: ...
 
-    def list_conversations(self, user_id: str) -> list[Conversation]: ...
+    def list_conversations(self, user_id: str, limit: int | None = None,
+                           after: tuple[int, str] | None = None) -> list[Conversation]:
+        """The user's conversations in (created_at, conversation_id) order, `limit` of them
+        after the key `after` (None: from the first)."""
 
     def messages_page(self, conversation_id: str, after: int | None, before: int | None, limit: int) -> list[Message]: ...
 
