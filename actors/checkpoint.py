@@ -32,7 +32,10 @@ from switchboard.storage.models import Conversation, Message
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+# Each kind has its own format number; a checkpoint of another format is not used (a lazy
+# start instead). Shard format 2: a mailbox's sockets are named per gateway, not counted.
+SHARD_FORMAT = 2
+ROUTER_FORMAT = 1
 # Rows encoded per json.dumps call: each call holds the GIL for ~1 ms at most.
 ENCODE_CHUNK_ROWS = 500
 # Fast and good enough: the documents are repetitive JSON (ids, member lists).
@@ -45,7 +48,7 @@ class MailboxRecord:
 
     user_id: str
     head: int
-    gateways: dict[str, int]
+    gateways: dict[str, list[int]]  # gateway_id -> the ids of its sockets of this user
 
 
 @dataclasses.dataclass
@@ -96,7 +99,7 @@ def _encode_shard(checkpoint: ShardCheckpoint, pause_s: float) -> bytes:
         return [m.user_id, m.head, m.gateways]
 
     header = {
-        "format": FORMAT, "kind": "shard", "owner": checkpoint.owner, "shard_count": checkpoint.shard_count,
+        "format": SHARD_FORMAT, "kind": "shard", "owner": checkpoint.owner, "shard_count": checkpoint.shard_count,
         "taken_at": checkpoint.taken_at, "commits": checkpoint.commits, "gateways": checkpoint.gateways,
     }
     document = (
@@ -111,7 +114,7 @@ def _encode_shard(checkpoint: ShardCheckpoint, pause_s: float) -> bytes:
 
 def decode_shard(state: bytes) -> ShardCheckpoint | None:
     """The checkpoint, or None for one this code cannot read (another format or kind)."""
-    document = _load(state, "shard")
+    document = _load(state, "shard", SHARD_FORMAT)
     if document is None:
         return None
     try:
@@ -142,12 +145,12 @@ def _shard_from(document: dict) -> ShardCheckpoint:
 # ---- router --------------------------------------------------------------------------------------
 
 def encode_router(checkpoint: RouterCheckpoint) -> bytes:
-    document = {"format": FORMAT, "kind": "router", **dataclasses.asdict(checkpoint)}
+    document = {"format": ROUTER_FORMAT, "kind": "router", **dataclasses.asdict(checkpoint)}
     return zlib.compress(json.dumps(document, separators=(",", ":")).encode(), COMPRESSION_LEVEL)
 
 
 def decode_router(state: bytes) -> RouterCheckpoint | None:
-    document = _load(state, "router")
+    document = _load(state, "router", ROUTER_FORMAT)
     if document is None:
         return None
     try:
@@ -185,13 +188,13 @@ def _dump_rows(items: list, to_row, pause_s: float) -> str:
     return "[" + ",".join(parts) + "]"
 
 
-def _load(state: bytes, kind: str) -> dict | None:
+def _load(state: bytes, kind: str, version: int) -> dict | None:
     try:
         document = json.loads(zlib.decompress(state))
     except (zlib.error, ValueError) as error:
         log.warning("unreadable %s checkpoint ignored: %s", kind, error)
         return None
-    if not isinstance(document, dict) or (document.get("format"), document.get("kind")) != (FORMAT, kind):
-        log.warning("a checkpoint that is not a %s one of format %d ignored", kind, FORMAT)
+    if not isinstance(document, dict) or (document.get("format"), document.get("kind")) != (version, kind):
+        log.warning("a checkpoint that is not a %s one of format %d ignored", kind, version)
         return None
     return document

@@ -16,14 +16,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import itertools
 import logging
 from collections.abc import Awaitable, Callable
 
+from switchboard.errors import TooManySockets
 from switchboard.protocol import frame_text, mailbox_event_text
 from switchboard.storage.models import MailboxEvent, MailboxHead
 from switchboard.storage.store import Store
 
 from .checkpoint import MailboxRecord
+from .gateway_outbox import Delivery, GatewayOutbox  # noqa: F401  (Delivery: re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,13 @@ RunBlocking = Callable[..., Awaitable]
 # How long an out-of-order event waits for the delivery it overtook before the gap is read from
 # the database. Deliveries between shards normally land within a few milliseconds.
 GAP_REPAIR_DELAY_S = 0.25
-REPLAY_PAGE = 1000
+# Events one attach or replay answer carries at most: a resume of a 20,000-event mailbox is read
+# and sent in pages (the session asks for the next one once its socket has taken the last), never
+# as one list in the shard or one Ray reply. attach_many shares a budget across its sockets.
+REPLAY_PAGE = 200
+ATTACH_MANY_EVENTS_MAX = 2_000
+# The largest cursor: `replay` with no upper bound reads up to whatever is committed.
+CURSOR_MAX = 2**63 - 1
 # How long sockets restored from a checkpoint stay registered without their gateway re-attaching
 # them. A gateway re-attaches all its sockets of a restarted shard at once (10,000 take seconds);
 # a socket it no longer holds is dropped after this.
@@ -41,46 +50,34 @@ RESTORED_SOCKETS_GRACE_S = 30.0
 
 @dataclasses.dataclass
 class AttachResult:
+    """The mailbox head and the first page of events after `since` (all of them unless `more`)."""
+
     head: int
     events: list[MailboxEvent]
     resync_required: bool = False
+    more: bool = False  # events after the last one here remain: ask `replay` for them
 
 
 @dataclasses.dataclass
 class _Mailbox:
     user_id: str
     head: int | None = None  # None while loading from the database
-    gateways: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    # gateway_id -> ids of that replica's sockets of this user. Ids (not a count) make a
+    # re-attach of the same socket idempotent, and the per-user socket cap exact.
+    gateways: dict[str, set[int]] = dataclasses.field(default_factory=dict)
     pending: dict[int, MailboxEvent] = dataclasses.field(default_factory=dict)
     repair: asyncio.Task | None = None
-    # Gateways whose socket count came from a checkpoint: the gateway re-attaches each of its
-    # sockets after the restart, and the first re-attach replaces the restored count by live ones.
+    # Gateways whose sockets came from a checkpoint: the gateway re-attaches each of its
+    # sockets after the restart, and the first re-attach replaces the restored ones by live ones.
     restored: set[str] = dataclasses.field(default_factory=set)
 
+    def socket_count(self) -> int:
+        return sum(len(sockets) for sockets in self.gateways.values())
 
-# A delivery as it travels to a gateway: (user_id, cursor, frame text); cursor None for typing.
-Delivery = tuple[str, int | None, str]
+
 # Messages whose JSON is kept for the next recipients' events (a group message's fan-out, a
 # sender's own devices); a message is rendered once while its deliveries drain.
 RENDERED_MESSAGES_MAX = 4096
-
-
-class GatewayOutbox:
-    """Deliveries waiting for one gateway replica's stream, and the wake-up for it."""
-
-    def __init__(self):
-        self.items: list[Delivery] = []
-        self.ready = asyncio.Event()
-
-    def put(self, user_id: str, cursor: int | None, text: str) -> None:
-        self.items.append((user_id, cursor, text))
-        self.ready.set()
-
-    async def take(self) -> list[Delivery]:
-        await self.ready.wait()
-        self.ready.clear()
-        items, self.items = self.items, []
-        return items
 
 
 class MailboxHost:
@@ -94,6 +91,7 @@ class MailboxHost:
         self._acks: dict[str, int] = {}
         self._restored_until: float | None = None  # monotonic deadline for restored sockets
         self._rendered: collections.OrderedDict[tuple[str, int], str] = collections.OrderedDict()
+        self._socket_ids = itertools.count(-1, -1)  # for callers that name no socket (tests, old gateways)
 
     # ---- gateways and their sockets -------------------------------------------------------
 
@@ -109,7 +107,7 @@ class MailboxHost:
         old = self._outboxes.get(gateway_id)
         outbox = self._outboxes[gateway_id] = GatewayOutbox()
         if old is not None:
-            outbox.items, old.items = old.items, []
+            outbox.items, outbox.bytes, old.items, old.bytes = old.items, old.bytes, [], 0
             if outbox.items:
                 outbox.ready.set()
             old.ready.set()
@@ -140,25 +138,32 @@ class MailboxHost:
         for user_id in [u for u, box in self._mailboxes.items() if gateway_id in box.gateways]:
             self.detach(gateway_id, user_id, all_sockets=True)
 
-    async def attach(self, gateway_id: str, user_id: str, since: int | None) -> AttachResult:
-        """A socket of user_id on gateway_id goes live. Returns the head cursor and, with
-        `since`, every event after it; live events after the head follow on the stream."""
-        mailbox = self._register(gateway_id, user_id)
+    async def attach(self, gateway_id: str, user_id: str, since: int | None, socket_id: int | None = None,
+                     max_sockets: int | None = None) -> AttachResult:
+        """Socket `socket_id` of user_id on gateway_id goes live (again: attaching a registered
+        socket changes nothing). Returns the head and, with `since`, the first page of events
+        after it; live events after the head follow on the stream. With max_sockets, a socket
+        beyond the user's cap is refused (TooManySockets)."""
+        socket_id = next(self._socket_ids) if socket_id is None else socket_id
+        mailbox = self._register(gateway_id, user_id, socket_id, max_sockets)
         try:
             if mailbox.head is None:
                 await self._load(mailbox)
-            return await self._answer(mailbox, since)
+            return await self._answer(mailbox, since, REPLAY_PAGE)
         except BaseException:
-            self.detach(gateway_id, user_id)
+            self.detach(gateway_id, user_id, socket_id)
             raise
 
-    async def attach_many(self, gateway_id: str, sockets: list[tuple[str, int | None]]) -> list[AttachResult]:
-        """attach() for many (user_id, since) sockets of one gateway at once, answers in order:
-        what a gateway re-attaching every socket of a restarted shard needs. One call instead of
-        one per socket (a call costs ~1 ms whatever it carries, and the calls queued ahead of the
-        first send after a restart delay it), and one query for the heads not in memory.
+    async def attach_many(self, gateway_id: str, sockets: list[tuple]) -> list[AttachResult]:
+        """attach() for many sockets of one gateway at once, answers in order: what a gateway
+        re-attaching every socket of a restarted shard needs. `sockets` holds (user_id, since) or
+        (user_id, since, socket_id). One call instead of one per socket (a call costs ~1 ms
+        whatever it carries, and the calls queued ahead of the first send after a restart delay
+        it), one query for the heads not in memory, and at most ATTACH_MANY_EVENTS_MAX events in
+        the answer (the sockets further behind page the rest with `replay`).
         All or nothing: if a query fails, none of the sockets stays attached."""
-        mailboxes = [self._register(gateway_id, user_id) for user_id, _ in sockets]
+        named = [(s[0], s[1], s[2] if len(s) > 2 else next(self._socket_ids)) for s in sockets]
+        mailboxes = [self._register(gateway_id, user_id, socket_id) for user_id, _, socket_id in named]
         try:
             unloaded = sorted({mailbox.user_id for mailbox in mailboxes if mailbox.head is None})
             if unloaded:
@@ -170,28 +175,51 @@ class MailboxHost:
                     if mailbox is not None and mailbox.head is None:
                         mailbox.head = heads.get(user_id, MailboxHead(0, 0)).head
                         self._drain(mailbox)
-            return list(await asyncio.gather(*(
-                self._answer(mailbox, since) for mailbox, (_, since) in zip(mailboxes, sockets)
-            )))
+            budget = ATTACH_MANY_EVENTS_MAX
+            results = []
+            for mailbox, (_, since, _) in zip(mailboxes, named):
+                result = await self._answer(mailbox, since, min(REPLAY_PAGE, budget))
+                budget = max(0, budget - len(result.events))
+                results.append(result)
+            return results
         except BaseException:
-            for user_id, _ in sockets:
-                self.detach(gateway_id, user_id)
+            for user_id, _, socket_id in named:
+                self.detach(gateway_id, user_id, socket_id)
             raise
 
-    def _register(self, gateway_id: str, user_id: str) -> _Mailbox:
-        """Count one more socket of user_id on gateway_id (the mailbox goes live if it was not)."""
+    async def replay(self, user_id: str, after: int, limit: int = REPLAY_PAGE) -> AttachResult:
+        """The next page of user_id's events after cursor `after`, up to what is committed: how a
+        session catches up page by page. No registration: a read only."""
+        limit = max(1, min(limit, REPLAY_PAGE))
+        stored = await self.run_blocking(self.store.mailbox_head, user_id)
+        mailbox = self._mailboxes.get(user_id)
+        head = max(stored.head, mailbox.head or 0) if mailbox is not None else stored.head
+        if after < stored.pruned_through or after > head:
+            return AttachResult(head=head, events=[], resync_required=True)
+        if after == head:
+            return AttachResult(head=head, events=[])
+        events = await self.run_blocking(self.store.events_after, user_id, after, head, limit)
+        more = bool(events) and events[-1].cursor < head
+        return AttachResult(head=head, events=events, more=more)
+
+    def _register(self, gateway_id: str, user_id: str, socket_id: int, max_sockets: int | None = None) -> _Mailbox:
+        """Register one socket of user_id on gateway_id (the mailbox goes live if it was not)."""
         self.outbox(gateway_id)
         mailbox = self._mailboxes.get(user_id)
+        if mailbox is not None and gateway_id in mailbox.restored:
+            mailbox.restored.discard(gateway_id)
+            mailbox.gateways[gateway_id] = set()  # this gateway now names its sockets as it re-attaches
+        known = mailbox is not None and socket_id in mailbox.gateways.get(gateway_id, ())
+        if not known and max_sockets is not None and mailbox is not None and mailbox.socket_count() >= max_sockets:
+            raise TooManySockets(f"a user may hold at most {max_sockets} sockets")
         if mailbox is None:
             mailbox = self._mailboxes[user_id] = _Mailbox(user_id)
-        if gateway_id in mailbox.restored:
-            mailbox.restored.discard(gateway_id)
-            mailbox.gateways[gateway_id] = 0  # this gateway now counts its sockets as it re-attaches
-        mailbox.gateways[gateway_id] += 1
+        mailbox.gateways.setdefault(gateway_id, set()).add(socket_id)
         return mailbox
 
-    async def _answer(self, mailbox: _Mailbox, since: int | None) -> AttachResult:
-        """The head and, with `since`, the events after it, for a mailbox whose head is loaded."""
+    async def _answer(self, mailbox: _Mailbox, since: int | None, page: int) -> AttachResult:
+        """The head and, with `since`, the first `page` events after it, for a mailbox whose head
+        is loaded."""
         head = mailbox.head
         if since is None or since == head:
             # Nothing to replay, and retention never prunes up to a head, so no query: what
@@ -200,16 +228,27 @@ class MailboxHost:
         stored = await self.run_blocking(self.store.mailbox_head, mailbox.user_id)
         if since < stored.pruned_through or since > head:
             return AttachResult(head=head, events=[], resync_required=True)
-        return AttachResult(head=head, events=await self._replay(mailbox.user_id, since, head))
+        if page <= 0:
+            return AttachResult(head=head, events=[], more=True)
+        events = await self.run_blocking(self.store.events_after, mailbox.user_id, since, head, page)
+        return AttachResult(head=head, events=events, more=bool(events) and events[-1].cursor < head)
 
-    def detach(self, gateway_id: str, user_id: str, all_sockets: bool = False) -> None:
+    def detach(self, gateway_id: str, user_id: str, socket_id: int | None = None, all_sockets: bool = False) -> None:
+        """One socket leaves (any one of that gateway's, if none is named), or all of them."""
         mailbox = self._mailboxes.get(user_id)
         if mailbox is None:
             return
-        mailbox.gateways[gateway_id] -= mailbox.gateways[gateway_id] if all_sockets else 1
-        if mailbox.gateways[gateway_id] <= 0:
-            del mailbox.gateways[gateway_id]
-            mailbox.restored.discard(gateway_id)
+        sockets = mailbox.gateways.get(gateway_id)
+        if sockets is not None:
+            if all_sockets:
+                sockets.clear()
+            elif socket_id is not None:
+                sockets.discard(socket_id)
+            elif sockets:
+                sockets.pop()
+            if not sockets:
+                del mailbox.gateways[gateway_id]
+                mailbox.restored.discard(gateway_id)
         if not mailbox.gateways:
             if mailbox.repair is not None:
                 mailbox.repair.cancel()
@@ -218,12 +257,17 @@ class MailboxHost:
     def online_users(self) -> int:
         return len(self._mailboxes)
 
+    def sockets_of(self, user_id: str) -> dict[str, int]:
+        """How many sockets of user_id each gateway replica holds (for operators and tests)."""
+        mailbox = self._mailboxes.get(user_id)
+        return {} if mailbox is None else {g: len(ids) for g, ids in mailbox.gateways.items()}
+
     # ---- checkpoints (actors/checkpoint.py) -------------------------------------------------
 
     def snapshot(self) -> tuple[list[MailboxRecord], list[str]]:
         """The live mailboxes and the gateways with a lease; runs on the event loop."""
         mailboxes = [
-            MailboxRecord(user_id, mailbox.head, dict(mailbox.gateways))
+            MailboxRecord(user_id, mailbox.head, {g: sorted(ids) for g, ids in mailbox.gateways.items()})
             for user_id, mailbox in self._mailboxes.items()
             if mailbox.head is not None and mailbox.gateways
         ]
@@ -242,15 +286,13 @@ class MailboxHost:
             self.outbox(gateway_id)
         events_after_watermark = 0
         for record in mailboxes:
-            sockets = {g: n for g, n in record.gateways.items() if g in self._last_seen and n > 0}
+            sockets = {g: set(ids) for g, ids in record.gateways.items() if g in self._last_seen and ids}
             if not sockets or record.user_id in self._mailboxes:
                 continue
             head = heads.get(record.user_id, MailboxHead(0, 0)).head
             events_after_watermark += max(0, head - record.head)
-            gateways = collections.Counter()
-            dict.update(gateways, sockets)  # Counter(mapping) pays an abc isinstance check: 4x slower
             self._mailboxes[record.user_id] = _Mailbox(
-                record.user_id, head=head, gateways=gateways, restored=set(sockets)
+                record.user_id, head=head, gateways=sockets, restored=set(sockets)
             )
         self._restored_until = now + grace_s
         return {
@@ -309,17 +351,6 @@ class MailboxHost:
         if mailbox.head is None:
             mailbox.head = stored.head
             self._drain(mailbox)
-
-    async def _replay(self, user_id: str, since: int, head: int) -> list[MailboxEvent]:
-        events: list[MailboxEvent] = []
-        after = since
-        while after < head:
-            page = await self.run_blocking(self.store.events_after, user_id, after, head, REPLAY_PAGE)
-            if not page:
-                break
-            events.extend(page)
-            after = page[-1].cursor
-        return events
 
     def _drain(self, mailbox: _Mailbox) -> None:
         """Push every pending event that is next in cursor order; schedule repair of a gap."""

@@ -69,3 +69,37 @@ class Outcome:
         if self.error is not None:
             raise self.error
         return self.value or {}
+
+
+# ---- operations a shard answers without its writer --------------------------------------------
+# They travel in the same batched call as the sequencer's operations (one call per batch per
+# shard), but the shard answers them on its event loop: they never wait behind a group commit.
+
+
+@dataclasses.dataclass(frozen=True)
+class Typing:
+    """Tell the conversation's other live members that user_id is typing (not stored)."""
+
+    conversation_id: str
+    user_id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class TakeTokens:
+    """A lease of up to `wanted` tokens of user_id's `kind` budget (actors/budgets.py); sent to
+    the shard hosting the user's mailbox. Answered {"granted": n, "retry_after_s": s}."""
+
+    user_id: str
+    kind: str
+    wanted: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Ack:
+    """The newest cursor one of user_id's clients processed (advisory: lets retention prune)."""
+
+    user_id: str
+    cursor: int
+
+
+SEQUENCED = (CreateConversation, SendMessage, AddMember, RemoveMember, MarkRead)

@@ -10,6 +10,7 @@ socket attaches.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import os
@@ -24,7 +25,9 @@ from switchboard.storage.sql_store import SqlStore
 from switchboard.tuning import tune_interpreter
 
 from . import registry
+from .budgets import Budget
 from .checkpoint import decode_router, encode_router
+from .periodic import checkpoint_periodically
 from .ring import Ring
 from .router import Placement, RegionRouter
 from .shard import MailboxShard, PeerLink
@@ -38,6 +41,12 @@ RETENTION_INTERVAL_S = 3600
 RETENTION_AFTER_START_S = 60
 # Connections a shard opens before it serves: the writer's, and one for reads (restore, attach).
 SHARD_WARM_CONNECTIONS = 2
+# Unread batches a delivery stream may run ahead of its gateway replica (Ray's generator
+# backpressure); past it the shard's outbox for that replica fills, and is bounded there.
+STREAM_BACKLOG = 64
+# The per-user budgets (actors/budgets.py) gateways lease tokens of.
+SEND_BUDGET = "send"
+MEMBERSHIP_BUDGET = "membership"
 
 
 class RayPeers(PeerLink):
@@ -68,6 +77,22 @@ class RayPeers(PeerLink):
             log.warning("ephemeral delivery to shard %d failed: %s", shard_index, error)
 
 
+def after_start(method):
+    """An actor method that waits for the actor's restore to finish before it runs (DESIGN.md: a
+    restarted actor rebuilds its state before it serves)."""
+    @functools.wraps(method)
+    async def waiting(self, *args, **kwargs):
+        await self._started.wait()
+        return await method(self, *args, **kwargs)
+    return waiting
+
+
+def shard_budgets(settings: Settings) -> dict[str, Budget]:
+    """The per-user budgets a shard keeps for the users it hosts (actors/budgets.py)."""
+    return {SEND_BUDGET: Budget(settings.send_rate_per_s, settings.send_burst),
+            MEMBERSHIP_BUDGET: Budget(settings.membership_rate_per_s, settings.membership_burst)}
+
+
 @ray.remote
 class ShardActor:
     """Serves nothing before its state is restored: every method first waits for `_started`.
@@ -75,23 +100,30 @@ class ShardActor:
     Connecting and restoring (~0.3 s for 10,000 mailboxes) run on a thread right after the
     constructor, not in it: Ray takes another 0.5-2 s after a restarted actor's constructor
     returns before callers' calls reach it, and the restore overlaps that wait instead of adding
-    to it. Calls that do arrive early wait for it, so the DESIGN.md rule holds all the same."""
+    to it. Calls that do arrive early wait for it, so the DESIGN.md rule holds all the same.
 
-    def __init__(self, settings: Settings, database_url: str, region: str, index: int):
+    The ring's size comes from the router's placement (`shard_count`), never from the settings:
+    one source for it, so a shard and the gateways can never disagree about who owns a key."""
+
+    def __init__(self, settings: Settings, database_url: str, region: str, index: int, shard_count: int):
         self.clock = StartupClock()  # the constructor starts once Ray has unpickled (imported) the class
         self.index = index
         tune_interpreter()
-        self.engine = make_engine(database_url, pool_size=4)
+        self.engine = make_engine(database_url, pool_size=4, statement_timeout_s=settings.db_statement_timeout_s)
         self.shard = MailboxShard(
             index=index,
-            ring=Ring(settings.shards_per_region),
+            ring=Ring(shard_count),
             store=SqlStore(self.engine),
             peers=RayPeers(settings, region),
             max_members=settings.max_members,
             commit_batch_max=settings.commit_batch_max,
+            commit_events_max=settings.commit_events_max,
             queue_max=settings.shard_queue_max,
             owner=registry.shard_name(region, index),
             checkpoint_interval_s=settings.checkpoint_interval_s,
+            budgets=shard_budgets(settings),
+            send_timeout_s=settings.send_timeout_s,
+            max_sockets_per_user=settings.sockets_per_user,
         )
         self.started_at = time.time()
         self._started = asyncio.Event()
@@ -121,54 +153,63 @@ class ShardActor:
             log.warning("shard %d starts without its checkpoint: %s", self.index, error)
         self.clock.mark("restored")
 
-    async def submit(self, operations):
-        await self._started.wait()
-        return await self.shard.submit(operations)
+    @after_start
+    async def submit(self, operations, time_left_s=None):
+        """A batch of operations (actors/ops.py), answered in order: the one call per batch."""
+        return await self.shard.submit(operations, time_left_s)
 
-    async def typing(self, conversation_id, user_id):
-        await self._started.wait()
-        return await self.shard.typing(conversation_id, user_id)
+    @after_start
+    async def attach(self, gateway_id, user_id, since, socket_id=None, fresh=False):
+        return await self.shard.attach(gateway_id, user_id, since, socket_id, fresh)
 
-    async def attach(self, gateway_id, user_id, since):
-        await self._started.wait()
-        return await self.shard.attach(gateway_id, user_id, since)
-
+    @after_start
     async def attach_many(self, gateway_id, sockets):
-        """[(user_id, since), ...] -> [AttachResult, ...]: a gateway re-attaching its sockets."""
-        await self._started.wait()
+        """[(user_id, since, socket_id), ...] -> [AttachResult, ...]: a gateway re-attaching its sockets."""
         return await self.shard.attach_many(gateway_id, sockets)
 
+    @after_start
+    async def replay(self, user_id, after, limit):
+        return await self.shard.replay(user_id, after, limit)
+
+    @after_start
     async def heartbeat(self, gateway_id):
-        await self._started.wait()
         self.shard.heartbeat(gateway_id)
 
-    async def detach(self, gateway_id, user_id):
-        await self._started.wait()
-        self.shard.detach(gateway_id, user_id)
+    @after_start
+    async def detach(self, gateway_id, user_id, socket_id=None):
+        self.shard.detach(gateway_id, user_id, socket_id)
 
-    async def ack(self, user_id, cursor):
-        await self._started.wait()
-        self.shard.ack(user_id, cursor)
-
+    @after_start
     async def deliver(self, events):
-        await self._started.wait()
         self.shard.deliver(events)
 
+    @after_start
     async def deliver_ephemeral(self, user_ids, frame):
-        await self._started.wait()
         self.shard.deliver_ephemeral(user_ids, frame)
 
+    @ray.method(_generator_backpressure_num_objects=STREAM_BACKLOG)
     async def stream(self, gateway_id):
-        await self._started.wait()
+        await self._started.wait()  # an async generator: after_start does not wrap those
         async for batch in self.shard.stream(gateway_id):
             yield batch
 
+    @after_start
     async def checkpoint(self):
-        await self._started.wait()
         return await self.shard.checkpoint()
 
+    async def health(self):
+        """Answers during a restore too (then not ok): a gateway's /v1/health asks it."""
+        if not self._started.is_set():
+            return {"ok": False, "problem": "restoring", "queued": 0}
+        return self.shard.health()
+
+    @after_start
+    async def sockets_of(self, user_id):
+        """{gateway replica id: sockets of user_id there}."""
+        return self.shard.mailboxes.sockets_of(user_id)
+
+    @after_start
     async def stats(self):
-        await self._started.wait()
         return {**self.shard.stats(), "started_at": self.started_at, "startup": self.clock.stamps, "pid": os.getpid()}
 
 
@@ -183,11 +224,12 @@ class RouterActor:
         self.router = RegionRouter(region, settings.namespace, names, registry.router_name(region), now_ms())
         self._store = SqlStore(make_engine(database_url, pool_size=1))
         self.restored = self._restore()
+        shard_count = self.router.placement.shard_count
         self.shards = [
             ShardActor.options(**registry.actor_options(settings, name, region)).remote(
-                settings, database_url, region, index
+                settings, database_url, region, index, shard_count
             )
-            for index, name in enumerate(names)
+            for index, name in enumerate(self.router.placement.shard_names)
         ]
         self._housekeeping = None
         self._checkpointing = None
@@ -249,7 +291,9 @@ class RouterActor:
             return
         self._housekeeping = asyncio.create_task(self._retention_loop())
         if self.settings.checkpoint_interval_s > 0:
-            self._checkpointing = asyncio.create_task(self._checkpoint_loop())
+            self._checkpointing = asyncio.create_task(checkpoint_periodically(
+                self.settings.checkpoint_interval_s, lambda: (self.router.placement, self.router.retention_last_run),
+                self.checkpoint, self.router.owner))
 
     async def _retention_loop(self) -> None:
         while True:
@@ -262,19 +306,6 @@ class RouterActor:
             self.router.retention_ran(now_ms())
             try:
                 await self.checkpoint()
-            except Exception as error:
-                log.warning("router checkpoint failed: %s", error)
-
-    async def _checkpoint_loop(self) -> None:
-        written = None
-        while True:
-            await asyncio.sleep(self.settings.checkpoint_interval_s)
-            state = (self.router.placement, self.router.retention_last_run)
-            if state == written:
-                continue
-            try:
-                await self.checkpoint()
-                written = state
             except Exception as error:
                 log.warning("router checkpoint failed: %s", error)
 

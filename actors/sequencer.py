@@ -12,18 +12,18 @@ import collections
 import dataclasses
 import itertools
 import logging
+import time
 
 from switchboard.errors import Forbidden, Invalid, NotFound, Overloaded, SwitchboardError
 from switchboard.protocol import UNSTORABLE_TEXT_RE, new_message_id, now_ms, validate_text
 from switchboard.storage.models import MEMBER, MESSAGE, RECEIPT, Conversation, MailboxEvent, Message, WriteBatch
 from switchboard.storage.store import StaleSequencer, StorageUnavailable, Store
 
+from .conversation_cache import ConversationCache
 from .ops import AddMember, CreateConversation, MarkRead, Operation, Outcome, RemoveMember, SendMessage
 
 log = logging.getLogger(__name__)
 
-# Conversations kept in memory per shard; a colder one is reloaded from PostgreSQL on next use.
-CONVERSATION_CACHE_SIZE = 50_000
 # Sends remembered for answering retries without a query; older retries collide in the unique
 # index and are looked up then.
 RECENT_SENDS_SIZE = 100_000
@@ -31,6 +31,10 @@ RECENT_SENDS_SIZE = 100_000
 # the ones in flight at the crash are among the newest. Older retries still find their original
 # through the unique index.
 REPLAYED_SENDS_MAX = 10_000
+# Refused without a query, as the error the planner would give.
+DEADLINE_MESSAGE = "not committed within the send timeout; retry"
+# What a client is told when the database failed a commit (the details go to the log only).
+COMMIT_FAILED_MESSAGE = "the database is unavailable; nothing was committed, retry later"
 
 
 @dataclasses.dataclass
@@ -45,30 +49,44 @@ class _Draft:
 
 @dataclasses.dataclass
 class CommitResult:
+    """The outcomes of the first len(outcomes) operations of the batch, in order. The rest did
+    not fit (commit_events_max) and were not planned: the caller submits them again."""
+
     outcomes: list[Outcome]
     events: list[MailboxEvent]
+    storage_failed: bool = False  # the database failed the transaction (health, logs)
+
+    @property
+    def planned(self) -> int:
+        return len(self.outcomes)
+
+
+class _DeadlinePassed(Exception):
+    """The batch's time ran out before it reached the database: nothing was written."""
 
 
 class Sequencer:
     def __init__(self, store: Store, max_members: int):
         self.store = store
         self.max_members = max_members
-        self._cache: collections.OrderedDict[str, Conversation] = collections.OrderedDict()
+        self.cache = ConversationCache()  # and the ids known not to exist
         self._recent_sends: collections.OrderedDict[tuple[str, str, str], Message] = collections.OrderedDict()
+        self.clock = time.monotonic
         self.loads = 0  # conversations read from the store on first use (not from a checkpoint)
         self.replans = 0  # batches planned again after StaleSequencer
 
     # ---- reads ------------------------------------------------------------------------------
 
     def conversation(self, conversation_id: str) -> Conversation | None:
-        cached = self._cache.get(conversation_id)
-        if cached is not None:
-            self._cache.move_to_end(conversation_id)
+        cached = self.cache.get(conversation_id)
+        if cached is not None or self.cache.known_missing(conversation_id):
             return cached
         loaded = self.store.load_conversation(conversation_id)
         self.loads += 1
         if loaded is not None:
-            self._remember(loaded)
+            self.cache.remember(loaded)
+        else:
+            self.cache.remember_miss(conversation_id)
         return loaded
 
     def members_for_typing(self, conversation_id: str, user_id: str) -> list[str]:
@@ -84,7 +102,7 @@ class Sequencer:
         10,000 conversations). That is enough because a cached Conversation is never changed in
         place: a batch works on copies (drafts) and replaces the cached ones on commit, so the
         caller may encode these on another thread while commits go on."""
-        conversations = list(self._cache.values())
+        conversations = self.cache.values()
         newest = list(itertools.islice(reversed(self._recent_sends.values()), recent_sends_max))
         newest.reverse()
         return conversations, newest
@@ -102,10 +120,10 @@ class Sequencer:
         changed = [cid for cid, c in checkpointed.items() if cid in stored and stored[cid] != c.version]
         reloaded = self.store.load_conversations(changed)
         newer = self.store.messages_after({cid: checkpointed[cid].last_seq for cid in changed}, REPLAYED_SENDS_MAX)
-        self._cache.clear()
+        self.cache.clear()
         self._recent_sends.clear()
         for conversation in current + reloaded:
-            self._remember(conversation)
+            self.cache.remember(conversation)
         for message in recent_sends + newer:
             self._remember_send(message)
         return {
@@ -119,15 +137,19 @@ class Sequencer:
 
     # ---- the group commit -------------------------------------------------------------------
 
-    def commit(self, operations: list[Operation]) -> CommitResult:
-        """Validate, sequence and durably commit a batch; one Outcome per operation, in order.
+    def commit(self, operations: list[Operation], deadline: float | None = None,
+               events_max: int | None = None) -> CommitResult:
+        """Validate, sequence and durably commit a batch; one Outcome per planned operation, in
+        order (see CommitResult: past `events_max` mailbox events the rest is left unplanned).
+        Past `deadline` (on self.clock) nothing is written: the transaction carries the time
+        left as its statement timeout, and a batch whose time ran out fails as a whole.
 
         The first attempt trusts the unique index to catch a retried send this process does not
         remember (saving a query per batch); a collision rolls the batch back, and the second
         attempt looks the originals up first.
         """
         try:
-            return self._commit_once(operations, look_up_originals=False)
+            return self._commit_once(operations, False, deadline, events_max)
         except StaleSequencer as error:
             # A retried send collided, or our cached last_seq was wrong (another owner wrote, or
             # a commit we thought failed had landed). Forget, reload and plan the batch again.
@@ -135,23 +157,33 @@ class Sequencer:
             self.replans += 1
             self._forget(operations)
             try:
-                return self._commit_once(operations, look_up_originals=True)
+                return self._commit_once(operations, True, deadline, events_max)
             except (StaleSequencer, StorageUnavailable) as second:
+                log.warning("commit of %d operations failed twice: %s", len(operations), second)
                 self._forget(operations)
-                return self._all_failed(operations, Overloaded(f"commit failed: {second}"))
+                return self._all_failed(operations, Overloaded(COMMIT_FAILED_MESSAGE), storage_failed=True)
+            except _DeadlinePassed:
+                return self._all_failed(operations, Overloaded(DEADLINE_MESSAGE))
         except StorageUnavailable as error:
             # The commit may or may not have landed; the cache must not guess. Retried sends are
             # safe: the idempotency key finds the original if it did land.
+            log.warning("commit of %d operations failed: %s", len(operations), error)
             self._forget(operations)
-            return self._all_failed(operations, Overloaded(str(error)))
+            return self._all_failed(operations, Overloaded(COMMIT_FAILED_MESSAGE), storage_failed=True)
+        except _DeadlinePassed:
+            return self._all_failed(operations, Overloaded(DEADLINE_MESSAGE))
 
-    def _commit_once(self, operations: list[Operation], look_up_originals: bool) -> CommitResult:
+    def _commit_once(self, operations: list[Operation], look_up_originals: bool, deadline: float | None,
+                     events_max: int | None) -> CommitResult:
         self._load_missing(operations)
         batch = WriteBatch()
         drafts: dict[str, _Draft] = {}
         known_sends = self._known_sends(operations, look_up_originals)
         outcomes = []
         for operation in operations:
+            if events_max is not None and outcomes and \
+                    len(batch.events) + self._events_of(operation, drafts) > events_max:
+                break  # the rest waits for the next transaction: one batch never grows unbounded
             try:
                 outcomes.append(self._plan(operation, batch, drafts, known_sends))
             except SwitchboardError as error:
@@ -161,9 +193,12 @@ class Sequencer:
                 if draft.changed and not draft.new:
                     batch.seq_fences[conversation_id] = (draft.stored_last_seq, draft.conversation.last_seq)
                     draft.conversation.version += 1  # as the fence moves it in the store
-            self.store.apply(batch)
+            timeout_s = None if deadline is None else deadline - self.clock()
+            if timeout_s is not None and timeout_s <= 0:
+                raise _DeadlinePassed()  # nothing cached changed: drafts are copies
+            self.store.apply(batch, timeout_s=timeout_s)
         for draft in drafts.values():
-            self._remember(draft.conversation)
+            self.cache.remember(draft.conversation)
         for message in batch.messages:
             self._remember_send(message)
         return CommitResult(outcomes=outcomes, events=batch.events)
@@ -188,11 +223,22 @@ class Sequencer:
         touching 500 conversations was 500 round trips on the writer thread. Creates are left out:
         their ids are new, and planning a create looks for a retried one anyway."""
         touched = {op.conversation_id for op in operations if not isinstance(op, CreateConversation)}
-        missing = sorted(touched - self._cache.keys())
+        missing = sorted(cid for cid in touched if cid not in self.cache and not self.cache.known_missing(cid))
         if missing:
             self.loads += len(missing)
             for conversation in self.store.load_conversations(missing):
-                self._remember(conversation)
+                self.cache.remember(conversation)
+            for conversation_id in missing:
+                if conversation_id not in self.cache:
+                    self.cache.remember_miss(conversation_id)
+
+    def _events_of(self, operation: Operation, drafts: dict[str, _Draft]) -> int:
+        """The mailbox events planning `operation` would add (one per member it reaches)."""
+        if isinstance(operation, CreateConversation):
+            return len(operation.members) + 1
+        draft = drafts.get(operation.conversation_id)
+        conversation = draft.conversation if draft else self.cache.peek(operation.conversation_id)
+        return len(conversation.members) + 1 if isinstance(conversation, Conversation) else 0
 
     def _remember_send(self, message: Message) -> None:
         self._recent_sends[(message.conversation_id, message.sender, message.client_msg_id)] = message
@@ -343,16 +389,9 @@ class Sequencer:
         payload = {"conversation_id": conversation_id, "user_id": user_id, "action": action}
         return MailboxEvent(recipient, MEMBER, conversation_id, payload)
 
-    def _remember(self, conversation: Conversation) -> None:
-        self._cache[conversation.conversation_id] = conversation
-        self._cache.move_to_end(conversation.conversation_id)
-        while len(self._cache) > CONVERSATION_CACHE_SIZE:
-            self._cache.popitem(last=False)
-
     def _forget(self, operations: list[Operation]) -> None:
-        for operation in operations:
-            self._cache.pop(operation.conversation_id, None)
+        self.cache.forget(operation.conversation_id for operation in operations)
 
     @staticmethod
-    def _all_failed(operations: list[Operation], error: SwitchboardError) -> CommitResult:
-        return CommitResult(outcomes=[Outcome.failed(error) for _ in operations], events=[])
+    def _all_failed(operations: list[Operation], error: SwitchboardError, storage_failed: bool = False) -> CommitResult:
+        return CommitResult([Outcome.failed(error) for _ in operations], [], storage_failed)

@@ -1,31 +1,35 @@
 """A mailbox shard: hosts the virtual mailboxes of the users the ring gives it, and sequences the
 conversations the ring gives it. Plain asyncio class; remote.py makes it a Ray actor.
 
-Send path inside a shard: gateways call `submit` with a batch of operations; they queue; one writer
-thread commits whatever has queued as one transaction (group commit: the next batch forms while
-the current one commits, so a lone send never waits for a timer); each operation gets its Outcome;
-then the committed mailbox events fan out, one call per destination shard.
+Send path inside a shard: gateways call `submit` with a batch of operations. The sequenced ones
+(sends, creates, membership, read marks) queue for the one writer thread (commit_queue.py: group
+commit, deadlines, bounds); each gets its Outcome; then the committed mailbox events fan out, one
+call per destination shard. The others in the same call never wait behind a commit: typing
+(typing_relay.py), token leases of the per-user budgets (budgets.py) and acks are answered on the
+event loop at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
-from switchboard.errors import Overloaded, SwitchboardError
-from switchboard.protocol import now_ms, typing_frame
+from switchboard.errors import Invalid, Overloaded, SwitchboardError
+from switchboard.protocol import typing_frame
 from switchboard.storage.models import MailboxEvent
 from switchboard.storage.store import StorageUnavailable, Store
 
-from .checkpoint import ShardCheckpoint, collector_paused, decode_shard, encode_shard
+from .budgets import Budget, UserBudgets
+from .commit_queue import CommitQueue
 from .mailbox import AttachResult, Delivery, MailboxHost
-from .ops import Operation, Outcome
+from .ops import SEQUENCED, Ack, Operation, Outcome, TakeTokens, Typing
 from .ring import Ring
 from .sequencer import Sequencer
+from .shard_checkpoint import ShardCheckpointing
+from .typing_relay import TypingRelay
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +37,9 @@ ACK_FLUSH_INTERVAL_S = 2.0
 # Gateways heartbeat every few seconds (gateway/delivery.py); one silent for a lease is dropped.
 GATEWAY_LEASE_S = 6.0
 LEASE_SWEEP_INTERVAL_S = 1.0
-# Sends a checkpoint keeps for answering retries from memory after a restart (the sequencer keeps
-# more; the sends committed after the checkpoint are replayed from PostgreSQL anyway).
-CHECKPOINT_RECENT_SENDS = 10_000
-# Pause between chunks of 500 rows while encoding a checkpoint, leaving the cores to the commits:
-# about halves the encoding's CPU share; 10,000 mailboxes take ~0.1 s longer to checkpoint.
-CHECKPOINT_ENCODE_PAUSE_S = 0.002
+# An operation that arrives without a deadline (an older gateway, a test) gets this one.
+DEFAULT_TIME_LEFT_S = 5.0
+DATABASE_UNAVAILABLE = "the database is unavailable; retry later"
 
 
 class PeerLink:
@@ -52,85 +53,80 @@ class PeerLink:
 class MailboxShard:
     def __init__(self, *, index: int, ring: Ring, store: Store, peers: PeerLink, max_members: int,
                  commit_batch_max: int, queue_max: int, owner: str | None = None,
-                 checkpoint_interval_s: float = 0.0):
+                 checkpoint_interval_s: float = 0.0, commit_events_max: int | None = None,
+                 budgets: dict[str, Budget] | None = None, send_timeout_s: float = DEFAULT_TIME_LEFT_S,
+                 max_sockets_per_user: int | None = None, clock: Callable[[], float] = time.monotonic):
         self.index = index
         self.owner = owner or f"shard:{index}"  # the key of its checkpoint
-        self.checkpoint_interval_s = checkpoint_interval_s
         self.ring = ring
         self.store = store
         self.peers = peers
-        self.commit_batch_max = commit_batch_max
-        self.queue_max = queue_max
+        self.clock = clock
+        self.send_timeout_s = send_timeout_s
+        self.max_sockets_per_user = max_sockets_per_user
         self.sequencer = Sequencer(store, max_members=max_members)
+        self.queue = CommitQueue(self.sequencer, batch_max=commit_batch_max, events_max=commit_events_max,
+                                 queue_max=queue_max, on_committed=self._fan_out, name=self.owner, clock=clock)
         self.mailboxes = MailboxHost(store, run_blocking=asyncio.to_thread)
-        # One writer thread: the sequencer's cache and the commit order need exactly one.
-        self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
-        self._queue: collections.deque[tuple[Operation, asyncio.Future]] = collections.deque()
-        self._wakeup = asyncio.Event()
+        self.typing_relay = TypingRelay(self.sequencer.cache, store, run_blocking=asyncio.to_thread, clock=clock)
+        self.budgets = UserBudgets(budgets or {})
+        self.checkpoints = ShardCheckpointing(self, checkpoint_interval_s)
         self._tasks: list[asyncio.Task] = []
-        self.commits = 0
-        self.committed_operations = 0
-        self.commit_seconds = 0.0
         self.first_submit_at: float | None = None  # wall clock, for measuring recovery
-        self.first_commit_at: float | None = None
-        self._checkpoint_lock = asyncio.Lock()
-        self.last_checkpoint: dict = {}
-        self.restored: dict = {}
+
+    @property
+    def commits(self) -> int:
+        return self.queue.commits
 
     def start(self) -> None:
         if not self._tasks:
-            self._tasks = [
-                asyncio.create_task(self._commit_loop()),
-                asyncio.create_task(self._ack_loop()),
-                asyncio.create_task(self._lease_loop()),
-            ]
-            if self.checkpoint_interval_s > 0:
-                self._tasks.append(asyncio.create_task(self._checkpoint_loop()))
+            self._tasks = [asyncio.create_task(self.queue.run()), asyncio.create_task(self._ack_loop()),
+                           asyncio.create_task(self._lease_loop())]
+            if (loop := self.checkpoints.loop()) is not None:
+                self._tasks.append(asyncio.create_task(loop))
 
-    # ---- the send path ---------------------------------------------------------------------
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.queue.shutdown()
 
-    async def submit(self, operations: list[Operation]) -> list[Outcome]:
+    # ---- the one call gateways make per batch ------------------------------------------------
+
+    async def submit(self, operations: list[Operation], time_left_s: list[float] | None = None) -> list[Outcome]:
+        """Answer a batch, in order. time_left_s[i] is how long operation i may take before its
+        sender must be answered (the gateway's send timeout, less what it waited there)."""
         self.start()
         if self.first_submit_at is None:
             self.first_submit_at = time.time()
-        if len(self._queue) + len(operations) > self.queue_max:
-            error = Overloaded(f"shard {self.index} has {len(self._queue)} operations queued")
-            return [Outcome.failed(error) for _ in operations]
-        loop = asyncio.get_running_loop()
-        futures = []
-        for operation in operations:
-            future = loop.create_future()
-            self._queue.append((operation, future))
-            futures.append(future)
-        self._wakeup.set()
-        return list(await asyncio.gather(*futures))
+        now = self.clock()
+        left = time_left_s or [self.send_timeout_s] * len(operations)
+        answers: list[asyncio.Future | Outcome | None] = [None] * len(operations)
+        sequenced, deadlines, positions = [], [], []
+        for position, (operation, seconds) in enumerate(zip(operations, left, strict=True)):
+            if isinstance(operation, SEQUENCED):
+                sequenced.append(operation)
+                deadlines.append(now + seconds)
+                positions.append(position)
+            else:
+                answers[position] = self._answer_now(operation, now)
+        for position, future in zip(positions, self.queue.submit(sequenced, deadlines)):
+            answers[position] = future
+        return [await answer if isinstance(answer, asyncio.Future) else answer for answer in answers]
 
-    async def _commit_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._queue:
-                size = min(len(self._queue), self.commit_batch_max)
-                batch = [self._queue.popleft() for _ in range(size)]
-                operations = [operation for operation, _ in batch]
-                started = time.perf_counter()
-                try:
-                    result = await loop.run_in_executor(self._writer, self.sequencer.commit, operations)
-                    outcomes, events = result.outcomes, result.events
-                except Exception as error:  # a bug, not a refusal: fail the batch, keep serving
-                    log.exception("commit of %d operations failed", len(operations))
-                    outcomes = [Outcome.failed(SwitchboardError(f"internal error: {error}")) for _ in batch]
-                    events = []
-                for (_, future), outcome in zip(batch, outcomes):
-                    if not future.done():
-                        future.set_result(outcome)
-                self.commits += 1
-                self.committed_operations += len(batch)
-                self.commit_seconds += time.perf_counter() - started
-                if self.first_commit_at is None:
-                    self.first_commit_at = time.time()
-                self._fan_out(events)
+    def _answer_now(self, operation: Operation, now: float) -> Outcome | asyncio.Future:
+        if isinstance(operation, Typing):  # may read the database: a task, not in the way
+            return asyncio.ensure_future(self.typing(operation.conversation_id, operation.user_id))
+        if isinstance(operation, TakeTokens):
+            try:
+                grant = self.budgets.take(operation.user_id, operation.kind, operation.wanted, now)
+            except ValueError as error:
+                return Outcome.failed(Invalid(str(error)))
+            return Outcome(value={"granted": grant.granted, "retry_after_s": grant.retry_after_s})
+        if isinstance(operation, Ack):
+            self.mailboxes.ack(operation.user_id, operation.cursor)
+            return Outcome(value={})
+        return Outcome.failed(Invalid(f"unknown operation {type(operation).__name__}"))
 
     def _fan_out(self, events: list[MailboxEvent]) -> None:
         by_shard = group_by(events, lambda event: self.ring.user_shard(event.user_id))
@@ -140,18 +136,16 @@ class MailboxShard:
             else:
                 self.peers.deliver(shard_index, shard_events)
 
-    # ---- typing: ephemeral, never stored ---------------------------------------------------
+    # ---- typing: ephemeral, never stored, never on the writer thread --------------------------
 
     async def typing(self, conversation_id: str, user_id: str) -> Outcome:
-        loop = asyncio.get_running_loop()
         try:
-            recipients = await loop.run_in_executor(
-                self._writer, self.sequencer.members_for_typing, conversation_id, user_id
-            )
+            recipients = await self.typing_relay.recipients(conversation_id, user_id)
         except SwitchboardError as error:
             return Outcome.failed(error)
         except StorageUnavailable as error:
-            return Outcome.failed(Overloaded(str(error)))
+            log.warning("typing lookup failed: %s", error)
+            return Outcome.failed(Overloaded(DATABASE_UNAVAILABLE))
         frame = typing_frame(conversation_id, user_id)
         for shard_index, user_ids in group_by(recipients, self.ring.user_shard).items():
             if shard_index == self.index:
@@ -162,22 +156,29 @@ class MailboxShard:
 
     # ---- mailboxes ---------------------------------------------------------------------------
 
-    async def attach(self, gateway_id: str, user_id: str, since: int | None) -> AttachResult:
+    async def attach(self, gateway_id: str, user_id: str, since: int | None, socket_id: int | None = None,
+                     fresh: bool = False) -> AttachResult:
+        """A socket goes live; `fresh` (a new connection, not a re-attach) counts against the
+        user's socket cap."""
         self.start()
-        self.mailboxes.touch(gateway_id, time.monotonic())
-        return await self.mailboxes.attach(gateway_id, user_id, since)
+        self.mailboxes.touch(gateway_id, self.clock())
+        cap = self.max_sockets_per_user if fresh else None
+        return await self.mailboxes.attach(gateway_id, user_id, since, socket_id, max_sockets=cap)
 
-    async def attach_many(self, gateway_id: str, sockets: list[tuple[str, int | None]]) -> list[AttachResult]:
+    async def attach_many(self, gateway_id: str, sockets: list[tuple]) -> list[AttachResult]:
         self.start()
-        self.mailboxes.touch(gateway_id, time.monotonic())
+        self.mailboxes.touch(gateway_id, self.clock())
         return await self.mailboxes.attach_many(gateway_id, sockets)
+
+    async def replay(self, user_id: str, after: int, limit: int) -> AttachResult:
+        return await self.mailboxes.replay(user_id, after, limit)
 
     def heartbeat(self, gateway_id: str) -> None:
         self.start()
-        self.mailboxes.touch(gateway_id, time.monotonic())
+        self.mailboxes.touch(gateway_id, self.clock())
 
-    def detach(self, gateway_id: str, user_id: str) -> None:
-        self.mailboxes.detach(gateway_id, user_id)
+    def detach(self, gateway_id: str, user_id: str, socket_id: int | None = None) -> None:
+        self.mailboxes.detach(gateway_id, user_id, socket_id)
 
     def ack(self, user_id: str, cursor: int) -> None:
         self.mailboxes.ack(user_id, cursor)
@@ -192,113 +193,62 @@ class MailboxShard:
         """Deliveries for one gateway replica, in batches, for as long as it listens. The first
         batch is empty and comes at once: it tells the gateway the stream is open here, so that
         re-attaching its sockets now misses nothing (a call to a restarting shard fails at once,
-        so the call having been made says nothing)."""
+        so the call having been made says nothing). An outbox that overflowed ends the stream
+        and forgets the replica's sockets: it re-attaches them on its next stream."""
         self.start()
-        self.mailboxes.touch(gateway_id, time.monotonic())
+        self.mailboxes.touch(gateway_id, self.clock())
         outbox = self.mailboxes.open_outbox(gateway_id)
         try:
             yield []
-            while self.mailboxes.current_outbox(gateway_id) is outbox:
+            while self.mailboxes.current_outbox(gateway_id) is outbox and not outbox.overflowed:
                 items = await outbox.take()
-                if items:
+                if items and not outbox.overflowed:
                     yield items
+            if outbox.overflowed:
+                log.warning("gateway %s fell too far behind its stream: its sockets re-attach", gateway_id)
         finally:
             if self.mailboxes.current_outbox(gateway_id) is outbox:
                 self.mailboxes.drop_gateway(gateway_id)
+
+    # ---- health and figures ------------------------------------------------------------------
+
+    def health(self) -> dict:
+        problem = self.queue.health(self.send_timeout_s)
+        return {"ok": problem is None, "problem": problem, "queued": len(self.queue)}
 
     def stats(self) -> dict:
         return {
             "index": self.index,
             "online_users": self.mailboxes.online_users(),
-            "queued": len(self._queue),
-            "commits": self.commits,
-            "committed_operations": self.committed_operations,
-            "commit_seconds": round(self.commit_seconds, 3),
+            "queued": len(self.queue),
+            "commits": self.queue.commits,
+            "committed_operations": self.queue.committed_operations,
+            "commit_seconds": round(self.queue.commit_seconds, 3),
+            "expired_operations": self.queue.expired,
             "conversation_loads": self.sequencer.loads,
+            "typing_loads": self.typing_relay.loads,
             "replans": self.sequencer.replans,
+            "budgets": len(self.budgets),
             "first_submit_at": self.first_submit_at,
-            "first_commit_at": self.first_commit_at,
-            "restored": self.restored,
-            "last_checkpoint": self.last_checkpoint,
+            "first_commit_at": self.queue.first_commit_at,
+            "restored": self.checkpoints.restored,
+            "last_checkpoint": self.checkpoints.last,
         }
 
-    # ---- checkpoints (actors/checkpoint.py) ---------------------------------------------------
+    # ---- checkpoints (shard_checkpoint.py) ----------------------------------------------------
 
     async def checkpoint(self) -> dict:
-        """Write this shard's state to PostgreSQL (periodically, and on drain); returns figures.
-
-        Commits go on meanwhile: the sequencer's part is captured on the writer thread between
-        two commits (references only, ~1 ms), the mailboxes' on the event loop; encoding and the
-        write run on another thread, in chunks that never hold the GIL for long."""
-        async with self._checkpoint_lock:
-            started = time.perf_counter()
-            # The capture and the encoding make ~80,000 short-lived objects; with the cyclic
-            # collector running they triggered full collections (~0.23 s, every thread stopped).
-            with collector_paused():
-                conversations, sends = await asyncio.get_running_loop().run_in_executor(
-                    self._writer, self.sequencer.snapshot, CHECKPOINT_RECENT_SENDS
-                )
-                mailboxes, gateways = self.mailboxes.snapshot()
-                checkpoint = ShardCheckpoint(
-                    owner=self.owner, shard_count=self.ring.shard_count, taken_at=now_ms(),
-                    commits=self.commits, conversations=conversations, recent_sends=sends,
-                    mailboxes=mailboxes, gateways=gateways,
-                )
-                state = await asyncio.to_thread(encode_shard, checkpoint, CHECKPOINT_ENCODE_PAUSE_S)
-            await asyncio.to_thread(self.store.save_checkpoint, self.owner, checkpoint.taken_at, state)
-            self.last_checkpoint = {
-                "taken_at": checkpoint.taken_at, "bytes": len(state), "conversations": len(conversations),
-                "recent_sends": len(sends), "mailboxes": len(mailboxes), "gateways": len(gateways),
-                "seconds": round(time.perf_counter() - started, 4),
-            }
-            return self.last_checkpoint
+        return await self.checkpoints.take()
 
     def restore(self) -> dict:
-        """Load the last checkpoint and replay what came after it; call before serving (blocking).
-        Without a usable checkpoint the shard starts empty and loads lazily, as it always could."""
-        with collector_paused():
-            return self._restore()
+        return self.checkpoints.restore()
 
-    def _restore(self) -> dict:
-        started = time.perf_counter()
-        stored = self.store.load_checkpoint(self.owner)
-        checkpoint = decode_shard(stored.state) if stored is not None else None
-        if checkpoint is not None and checkpoint.shard_count != self.ring.shard_count:
-            log.warning("checkpoint of %s was taken with %d shards, not %d: not used",
-                        self.owner, checkpoint.shard_count, self.ring.shard_count)
-            checkpoint = None
-        if checkpoint is None:
-            self.restored = {"loaded": False}
-            return self.restored
-        loaded = time.perf_counter()
-        sequencer = self.sequencer.restore(checkpoint.conversations, checkpoint.recent_sends)
-        heads = self.store.mailbox_heads([record.user_id for record in checkpoint.mailboxes])
-        mailboxes = self.mailboxes.restore(checkpoint.mailboxes, checkpoint.gateways, heads, time.monotonic())
-        self.restored = {
-            "loaded": True, "taken_at": checkpoint.taken_at, "bytes": len(stored.state),
-            "load_seconds": round(loaded - started, 4),
-            "replay_seconds": round(time.perf_counter() - loaded, 4),
-            **sequencer, **{f"mailbox_{key}": value for key, value in mailboxes.items()},
-        }
-        return self.restored
-
-    async def _checkpoint_loop(self) -> None:
-        written = None
-        while True:
-            await asyncio.sleep(self.checkpoint_interval_s)
-            state = (self.commits, self.mailboxes.online_users())
-            if state == written:
-                continue  # nothing committed and nobody came or went: the stored one is current
-            try:
-                await self.checkpoint()
-                written = state
-            except Exception as error:  # the next round tries again; a restart replays more meanwhile
-                log.warning("checkpoint of %s failed: %s", self.owner, error)
+    # ---- housekeeping ------------------------------------------------------------------------
 
     async def _lease_loop(self) -> None:
         while True:
             await asyncio.sleep(LEASE_SWEEP_INTERVAL_S)
-            now = time.monotonic()
+            now = self.clock()
             for gateway_id in self.mailboxes.expire_gateways(now, GATEWAY_LEASE_S):
                 log.warning("gateway %s silent for %.0f s: dropped its sockets", gateway_id, GATEWAY_LEASE_S)
             if dropped := self.mailboxes.expire_restored(now):

@@ -455,7 +455,7 @@ def main(argv=None) -> None:
     settings = Settings(data_dir=data_dir, port=free_port(), namespace=f"recovery-{uuid.uuid4().hex[:8]}",
                         shards_per_region=args.shards, min_replicas=1, max_replicas=1,
                         direct_ingress=False, checkpoint_interval_s=0)
-    init_ray(settings, "local", include_dashboard=False, _temp_dir=ray_dir)
+    init_ray(settings, "local", loopback=True, include_dashboard=False, _temp_dir=ray_dir)
     try:
         # keep_postgres: stopped below, before its directory goes (an exit handler would be too late).
         platform = start_platform(settings, keep_postgres=True)

@@ -14,10 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -26,176 +23,19 @@ import urllib.request
 import warnings
 from pathlib import Path
 
+from switchboard import ray_head
+from switchboard.addresses import http_url, ws_url
 from switchboard.auth import DEFAULT_TOKEN_TTL_S
 from switchboard.client_commands import add_client_commands
-from switchboard.settings import Settings, SettingsError
+from switchboard.settings import Settings, SettingsError, redact_url
+from switchboard.state_file import clear_state, read_state, settings_from_state, state_path, write_state
 
-STATE_FILE = "state.json"
-RAY_HEAD_PORT = 6379
-DEFAULT_DASHBOARD_URL = "http://127.0.0.1:8265"
 HEALTH_TIMEOUT_S = 3
 STATS_TIMEOUT_S = 10
-GCS_PROBE_TIMEOUT_S = 2
-# `ray start` normally takes ~5 s here; allow for a slow first start (dashboard, log dirs).
-RAY_START_TIMEOUT_S = 120
+
 
 class CliError(Exception):
     """A command cannot go on; main() prints the message and exits 1."""
-
-
-# ---- the state file --------------------------------------------------------------------------------
-
-def state_path(settings: Settings) -> Path:
-    return Path(settings.data_dir).expanduser() / STATE_FILE
-
-
-def read_state(settings: Settings) -> dict | None:
-    try:
-        return json.loads(state_path(settings).read_text())
-    except FileNotFoundError:
-        return None
-    except ValueError:
-        print(f"switchboard: ignoring unreadable {state_path(settings)}", file=sys.stderr)
-        return None
-
-
-def write_state(settings: Settings, state: dict) -> None:
-    path = state_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(state, indent=2) + "\n")
-    temporary.chmod(0o600)
-    temporary.replace(path)  # atomic: `down` never reads half a file
-
-
-def clear_state(settings: Settings) -> None:
-    state_path(settings).unlink(missing_ok=True)
-
-
-def settings_from_state(settings: Settings, state: dict | None) -> Settings:
-    """The settings `up` ran with, for what decides names and addresses: `down` must remove the
-    actors `up` created even if this shell's environment differs."""
-    if not state:
-        return settings
-    return settings.replace(
-        host=state.get("host", settings.host),
-        port=int(state.get("port", settings.port)),
-        namespace=state.get("namespace", settings.namespace),
-        regions=tuple(state.get("regions", settings.regions)),
-        shards_per_region=int(state.get("shards_per_region", settings.shards_per_region)),
-    )
-
-
-def redacted(database_url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(database_url).render_as_string(hide_password=True)
-
-
-# ---- addresses -------------------------------------------------------------------------------------
-
-def local_host(settings: Settings) -> str:
-    """Where to reach the Serve port from this machine (a wildcard bind is reached on loopback)."""
-    return "127.0.0.1" if settings.host in ("", "0.0.0.0", "::") else settings.host
-
-
-def http_url(settings: Settings) -> str:
-    return f"http://{local_host(settings)}:{settings.port}"
-
-
-def ws_url(settings: Settings) -> str:
-    return f"ws://{local_host(settings)}:{settings.port}/v1/ws"
-
-
-# ---- Ray -------------------------------------------------------------------------------------------
-
-def ray_executable() -> str:
-    """The `ray` next to this interpreter, so a venv works without being activated."""
-    sibling = Path(sys.executable).parent / "ray"
-    return str(sibling) if sibling.exists() else "ray"
-
-
-def local_ray_running() -> bool:
-    """RAY_ADDRESS names a cluster, or a raylet on this machine points at a GCS that accepts
-    connections: then "auto" has something to connect to.
-
-    Checked before ray.init because ray.init on a half-dead cluster waits a minute for the GCS
-    and then aborts the whole process, which would cut `down` short before it stops anything.
-    """
-    if os.environ.get("RAY_ADDRESS"):
-        return True
-    from ray._private.services import find_gcs_addresses
-
-    return any(accepts_connections(address) for address in find_gcs_addresses())
-
-
-def accepts_connections(address: str) -> bool:
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=GCS_PROBE_TIMEOUT_S):
-            return True
-    except (OSError, ValueError):
-        return False
-
-
-def connect_ray(settings: Settings) -> bool:
-    """Connect this process to the running Ray cluster; False if there is none."""
-    import ray
-
-    from switchboard.local import init_ray
-
-    if ray.is_initialized():
-        return True
-    if not local_ray_running():
-        return False
-    try:
-        init_ray(settings, "auto", logging_level=logging.WARNING)
-    except ConnectionError:
-        return False
-    return True
-
-
-def dashboard_url() -> str:
-    """The connected cluster's dashboard, as Ray reports it."""
-    try:
-        from ray._private.worker import get_dashboard_url
-
-        url = get_dashboard_url()
-    except Exception:
-        url = ""
-    if not url:
-        return DEFAULT_DASHBOARD_URL
-    return url if url.startswith("http") else f"http://{url}"
-
-
-def start_ray_head(settings: Settings) -> None:
-    """`ray start --head` in its own session: the head outlives this command and a Ctrl-C in the
-    terminal that ran it; only `switchboard down` (or `ray stop`) stops it. It starts with the
-    platform's Ray environment (local.ray_environment): the raylet passes it to every worker."""
-    from switchboard.local import ray_environment
-
-    command = [ray_executable(), "start", "--head", "--dashboard-host", "127.0.0.1",
-               "--port", str(RAY_HEAD_PORT), "--disable-usage-stats"]
-    print("switchboard: starting a Ray head (ray start --head) ...", file=sys.stderr, flush=True)
-    done = subprocess.run(command, capture_output=True, text=True, start_new_session=True,
-                          stdin=subprocess.DEVNULL, timeout=RAY_START_TIMEOUT_S,
-                          env={**os.environ, **ray_environment(settings)})
-    if done.returncode != 0:
-        raise CliError(f"`{' '.join(command)}` failed ({done.returncode}):\n{done.stdout}{done.stderr}")
-
-
-def stop_ray() -> None:
-    done = subprocess.run([ray_executable(), "stop", "--force"], capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL)
-    if done.returncode != 0:
-        print(f"switchboard: `ray stop --force` failed:\n{done.stdout}{done.stderr}", file=sys.stderr)
-
-
-def disconnect_ray() -> None:
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
 
 
 # ---- up ----------------------------------------------------------------------------------------------
@@ -208,10 +48,12 @@ def warn_if_dev_secret(settings: Settings) -> None:
               f"! of local development.\n{bar}", file=sys.stderr, flush=True)
 
 
-def initial_state(settings: Settings, ray_started: bool) -> dict:
-    """What `down` needs, written before anything but Ray is started so a failed `up` is undone too."""
+def initial_state(settings: Settings, ray_owner: str | None) -> dict:
+    """What `down` needs, written before anything but Ray is started so a failed `up` is undone too.
+    ray_owner: the mark of the Ray head `up` started (ray_head.py), None if Ray was running."""
     return {
-        "ray_started": ray_started,
+        "ray_started": ray_owner is not None,
+        "ray_owner": ray_owner,
         "embedded_postgres": not settings.database_url,
         "database_url": None,
         "host": settings.host,
@@ -221,7 +63,7 @@ def initial_state(settings: Settings, ray_started: bool) -> dict:
         "shards_per_region": settings.shards_per_region,
         "http_url": http_url(settings),
         "ws_url": ws_url(settings),
-        "dashboard_url": DEFAULT_DASHBOARD_URL,
+        "dashboard_url": ray_head.DEFAULT_DASHBOARD_URL,
         "started_at": time.time(),
     }
 
@@ -229,27 +71,30 @@ def initial_state(settings: Settings, ray_started: bool) -> dict:
 def bring_up(settings: Settings) -> int:
     from switchboard import local
 
+    settings.check_exposure()  # before anything starts: nothing to undo
     previous = read_state(settings) or {}
-    started_ray = False
-    if not local_ray_running():
-        start_ray_head(settings)
-        started_ray = True
+    owner = None
+    if ray_head.running_gcs() is None:
+        try:
+            owner = ray_head.start(settings)
+        except ray_head.RayHeadError as error:
+            raise CliError(str(error)) from error
     else:
         print("switchboard: using the Ray cluster already running (its processes keep the "
               "environment they started with)", file=sys.stderr, flush=True)
     # Another `up` from this data_dir may have started the head; keep its claim so `down` stops it.
-    state = initial_state(settings, ray_started=started_ray or bool(previous.get("ray_started")))
+    state = initial_state(settings, ray_owner=owner or previous.get("ray_owner"))
     write_state(settings, state)
 
-    if not connect_ray(settings):
+    if not ray_head.connect(settings):
         raise CliError("cannot connect to the Ray cluster at address 'auto' (is RAY_ADDRESS right?)")
-    state["dashboard_url"] = dashboard_url()
+    state["dashboard_url"] = ray_head.dashboard_url()
     try:
         platform = local.start_platform(settings, ray_address="auto", keep_postgres=True)
     except Exception as error:
         raise CliError(f"the platform did not start: {error}\n"
                        f"switchboard: `switchboard down` (same environment) removes what was started") from error
-    state["database_url"] = redacted(platform.database_url)
+    state["database_url"] = redact_url(platform.database_url)
     state["embedded_postgres"] = platform.embedded_postgres
     write_state(settings, state)
     print_up_banner(settings, state)
@@ -316,14 +161,18 @@ def shut_down(settings: Settings) -> None:
     settings = settings_from_state(settings, state)
     if state is None:
         print(f"switchboard down: no platform recorded in {state_path(settings)}", file=sys.stderr)
-    elif connect_ray(settings):
+    elif ray_head.connect(settings):
         try:
             stop_platform(settings)
         except Exception as error:  # Ray and PostgreSQL must still be stopped
             print(f"switchboard down: removing the platform from Ray failed: {error}", file=sys.stderr)
-    disconnect_ray()
-    if state and state.get("ray_started"):
-        stop_ray()
+    ray_head.disconnect()
+    if state and state.get("ray_owner"):
+        stopped = ray_head.stop(state["ray_owner"])
+        print(f"switchboard down: the Ray head `up` started is stopped ({stopped} processes)", file=sys.stderr)
+    elif state and state.get("ray_started"):
+        print("switchboard down: this Ray head was started by an older `switchboard up` that did not mark "
+              "its processes; stop it with `ray stop` if nothing else uses Ray here", file=sys.stderr)
     elif state:
         print("switchboard down: Ray was running before `switchboard up`; left running", file=sys.stderr)
     if (state is None or state.get("embedded_postgres")) and stop_database(settings):
@@ -381,8 +230,8 @@ def cmd_status(_: argparse.Namespace) -> int:
     settings = Settings.from_env()
     state = read_state(settings)
     settings = settings_from_state(settings, state)
-    ray_up = connect_ray(settings)
-    print(f"ray       {'up, dashboard ' + dashboard_url() if ray_up else 'not running'}")
+    ray_up = ray_head.connect(settings)
+    print(f"ray       {'up, dashboard ' + ray_head.dashboard_url() if ray_up else 'not running'}")
     answer = health(http_url(settings))
     print(f"health    {http_url(settings)}/v1/health: {answer}")
     if state:
@@ -439,7 +288,7 @@ def cmd_migrate(_: argparse.Namespace) -> int:
     finally:
         if embedded and not was_running:
             stop_database(settings)
-    print(f"migrated {redacted(database_url)} to the newest revision")
+    print(f"migrated {redact_url(database_url)} to the newest revision")
     return 0
 
 

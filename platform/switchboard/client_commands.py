@@ -70,14 +70,14 @@ def _add_target_options(parser: argparse.ArgumentParser) -> None:
 
 def platform_settings() -> Settings:
     """The environment's settings, with the address `up` recorded if it left a state file."""
-    from switchboard.cli import read_state, settings_from_state
+    from switchboard.state_file import read_state, settings_from_state
 
     settings = Settings.from_env()
     return settings_from_state(settings, read_state(settings))
 
 
 def base_url(args: argparse.Namespace, settings: Settings) -> str:
-    from switchboard.cli import http_url
+    from switchboard.addresses import http_url
 
     return args.url or http_url(settings)
 

@@ -3,6 +3,7 @@
     SwitchboardError            code "internal"   (a bug; nothing half-done is visible)
      +-- Unauthorized           "unauthorized"    no, bad or expired token
      +-- Forbidden              "forbidden"       not a member, or not allowed
+     |    +-- TooManySockets                          a user over its socket cap (close 4008)
      +-- NotFound               "not_found"       no such conversation or user
      +-- Invalid                "invalid"         malformed frame or body, unknown type, bad field
      +-- TooLarge               "too_large"       body over the limit
@@ -54,6 +55,10 @@ class Unauthorized(SwitchboardError):
 
 class Forbidden(SwitchboardError):
     code = Code.FORBIDDEN
+
+
+class TooManySockets(Forbidden):
+    """A socket beyond the user's cap (Settings.sockets_per_user): the gateway closes it 4008."""
 
 
 class NotFound(SwitchboardError):

@@ -6,14 +6,18 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import ray
 from ray import serve
 
 from switchboard.actors import registry
 from switchboard.actors.remote import start_region
+from switchboard.addresses import http_url, ws_url
+from switchboard.ray_loopback import LOOPBACK, keep_ray_on_loopback
 from switchboard.settings import Settings
 from switchboard.storage.database import make_engine, migrate, start_embedded_postgres, stop_embedded_postgres
 
@@ -31,16 +35,19 @@ class Platform:
 
     @property
     def http_url(self) -> str:
-        return f"http://{self.settings.host}:{self.settings.port}"
+        return http_url(self.settings)
 
     @property
     def ws_url(self) -> str:
-        return f"ws://{self.settings.host}:{self.settings.port}/v1/ws"
+        return ws_url(self.settings)
 
 
 def ray_environment(settings: Settings) -> dict[str, str]:
-    """Environment the Ray processes must start with (raylet, Serve controller, replicas).
+    """Environment every node's Ray processes must start with (raylet, Serve controller, replicas);
+    cluster.yaml sets the same (tests/unit/test_cluster_yaml.py keeps the two in step).
 
+    RAY_AUTH_MODE=token: Ray 2.60's token authentication; without it anyone who reaches a Ray port
+    can run code on the cluster. Every process needs the token (~/.ray/auth_token, ensure_ray_token).
     RAY_worker_niceness=0: Ray starts workers at niceness 15 by default, which on a shared node
     hands the CPU to anything else first; these workers are the latency-critical service.
     RAY_timeout_ms_task_wait_for_death_info=0: a call to an actor whose process died otherwise
@@ -49,9 +56,11 @@ def ray_environment(settings: Settings) -> dict[str, str]:
     default, 0.05 s + the process start at 0). The error is then ActorUnavailableError rather than
     ActorDiedError; every caller of a shard retries both, so the cause only cost recovery time.
     The Serve flags choose direct ingress (see Settings.direct_ingress) and run user code on the
-    replica's own event loop instead of a second thread (one less hand-over per frame).
+    replica's own event loop instead of a second thread (one less hand-over per frame); HAProxy is
+    started through switchboard-haproxy (haproxy_wrapper.py: the client's address for the replica).
     """
-    environment = {"RAY_worker_niceness": "0", "RAY_timeout_ms_task_wait_for_death_info": "0"}
+    environment = {"RAY_AUTH_MODE": "token", "RAY_worker_niceness": "0",
+                   "RAY_timeout_ms_task_wait_for_death_info": "0"}
     if settings.direct_ingress:
         environment.update({
             "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
@@ -61,13 +70,49 @@ def ray_environment(settings: Settings) -> dict[str, str]:
             # HAProxy in front is Serve's own and is updated at once, and the 30 s default made
             # every `switchboard down` and redeploy wait half a minute.
             "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+            "RAY_SERVE_HAPROXY_BINARY_PATH": haproxy_wrapper_path(),
         })
     return environment
 
 
-def init_ray(settings: Settings, address: str | None = None, **options) -> None:
-    """Connect to (or start, with address None or "local") Ray with the platform's environment."""
+def loopback_environment() -> dict[str, str]:
+    """What a local run (one machine, nothing of Ray's for the network) adds: HAProxy's stats and
+    metrics ports on loopback too (ray_loopback.py does Ray's own servers)."""
+    return {"SWITCHBOARD_HAPROXY_BIND": LOOPBACK}
+
+
+def haproxy_wrapper_path() -> str:
+    """The switchboard-haproxy script installed beside this interpreter (the venv's bin/)."""
+    return str(Path(sys.executable).parent / "switchboard-haproxy")
+
+
+def ensure_ray_token() -> None:
+    """Ray's token auth, for this process and what it starts: the mode on (Ray read its config
+    at import, before RAY_AUTH_MODE was set here, so it is read again) and a token to use (made,
+    in ~/.ray/auth_token, if there is none). Nodes of a multi-node cluster share the token
+    (cluster.yaml's file_mounts)."""
+    from ray._private.authentication.authentication_token_setup import generate_and_save_token
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    os.environ["RAY_AUTH_MODE"] = "token"
+    Config.initialize("")
+    loader = AuthenticationTokenLoader.instance()
+    if not loader.has_token(ignore_auth_mode=True):
+        generate_and_save_token()
+        loader.reset_cache()
+
+
+def init_ray(settings: Settings, address: str | None = None, loopback: bool = False, **options) -> None:
+    """Connect to (or start, with address None or "local") Ray with the platform's environment.
+    loopback: this machine's Ray listens on 127.0.0.1 only (a local run; ray_loopback.py)."""
     os.environ.update(ray_environment(settings))
+    ensure_ray_token()
+    if loopback:
+        os.environ.update(loopback_environment())
+        keep_ray_on_loopback()
+        options.setdefault("_node_ip_address", LOOPBACK)
+        if address in (None, "local"):
+            options.setdefault("dashboard_host", LOOPBACK)
     ray.init(address=address, namespace=settings.namespace, log_to_driver=False, **options)
 
 
@@ -87,7 +132,9 @@ def prepare_database(database_url: str) -> None:
 
 
 def start_platform(settings: Settings, ray_address: str | None = None, keep_postgres: bool = True) -> Platform:
-    """Bring everything up and wait until GET /v1/health answers ok."""
+    """Bring everything up and wait until GET /v1/health answers ok. Refuses (SettingsError) to
+    serve other machines with the development secret or sign-in (Settings.check_exposure)."""
+    settings.check_exposure()
     database_url, embedded = resolve_database(settings, keep_running=keep_postgres)
     prepare_database(database_url)
     if not ray.is_initialized():
@@ -123,13 +170,24 @@ def stop_platform(settings: Settings) -> None:
     except Exception as error:
         log.warning("serve shutdown: %s", error)
     names = [registry.router_name(region) for region in settings.regions]
-    names += [registry.shard_name(region, i) for region in settings.regions for i in range(settings.shards_per_region)]
+    names += [name for region in settings.regions for name in shard_names(settings, region)]
     checkpoint_actors(settings, names)
     for name in names:
         try:
             ray.kill(registry.get_actor(settings, name), no_restart=True)
         except ValueError:
             pass
+
+
+def shard_names(settings: Settings, region: str) -> list[str]:
+    """The region's shards, as its router places them (the one source of the shard count); the
+    settings' count only if the router is gone."""
+    try:
+        router = registry.get_actor(settings, registry.router_name(region))
+        return list(ray.get(router.info.remote(), timeout=CHECKPOINT_TIMEOUT_S)["shard_names"])
+    except Exception as error:
+        log.warning("router of %s did not say its shards (%s): using the settings' count", region, error)
+        return [registry.shard_name(region, i) for i in range(settings.shards_per_region)]
 
 
 def checkpoint_actors(settings: Settings, names: list[str]) -> None:

@@ -40,6 +40,8 @@ FLOOD_STRIKES = 100
 MAX_MEMBERS = 16
 # A second region, so "the conversation's region is its creator's" is not trivially the default.
 REGIONS = ("local", "eu")
+# A user's socket cap: the default, which the resume test's 20 sockets of one user just fit.
+SOCKETS_PER_USER = 20
 
 # Per test, fixtures included: the first test also pays for Ray, PostgreSQL and Serve (~30 s).
 TEST_TIMEOUT_S = 180
@@ -73,11 +75,12 @@ def sb(tmp_path_factory):
         regions=REGIONS,
         shards_per_region=2,
         min_replicas=1,
-        max_replicas=1,  # one replica: the rate limiter's buckets are per replica
+        max_replicas=1,  # one replica: the replica-killing tests kill "the" replica (test_shared_rate_limit scales to two)
         send_rate_per_s=SEND_RATE_PER_S,
         send_burst=SEND_BURST,
         flood_strikes=FLOOD_STRIKES,
         max_members=MAX_MEMBERS,
+        sockets_per_user=SOCKETS_PER_USER,
     )
     # A short private temp dir: Ray's unix sockets live under it (path length limit ~107).
     ray_temp_dir = tempfile.mkdtemp(prefix="sbray-", dir="/tmp")
@@ -85,7 +88,8 @@ def sb(tmp_path_factory):
     os.environ.update(private_serve_ports())
     # The platform's own Ray environment (direct ingress behind HAProxy, worker niceness), as
     # `switchboard up` starts it: the tests exercise the configuration users run.
-    init_ray(settings, "local", include_dashboard=False, _temp_dir=ray_temp_dir)
+    # On loopback only, with Ray's token auth, as `switchboard up` runs it (test_exposure.py).
+    init_ray(settings, "local", loopback=True, include_dashboard=False, _temp_dir=ray_temp_dir)
     platform = None
     try:
         platform = start_platform(settings, keep_postgres=False)

@@ -75,7 +75,8 @@ async def test_list_conversations_with_last_seq(new_user):
     response = await alice.api.list()
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"conversations"}
+    assert set(body) == {"conversations", "next_cursor"}  # paged (test_hostile_floods.py)
+    assert body["next_cursor"] is None
     listed = {c["conversation_id"]: c for c in body["conversations"]}
     assert set(listed) == {first["conversation_id"], second["conversation_id"]}
     assert listed[first["conversation_id"]]["last_seq"] == 3
@@ -84,7 +85,7 @@ async def test_list_conversations_with_last_seq(new_user):
     assert sorted(listed[second["conversation_id"]]["members"]) == sorted([alice.user_id, bob.user_id])
 
     fresh = new_user("fresh")
-    assert (await fresh.api.list()).json() == {"conversations": []}
+    assert (await fresh.api.list()).json() == {"conversations": [], "next_cursor": None}
 
 
 async def test_get_conversation(new_user):
@@ -182,7 +183,7 @@ async def test_leave_own_membership_only(new_user):
 
     assert (await alice.api.get(cid)).json()["members"] == [alice.user_id]
     assert_error(await bob.api.get(cid), 403, "forbidden")
-    assert (await bob.api.list()).json() == {"conversations": []}
+    assert (await bob.api.list()).json() == {"conversations": [], "next_cursor": None}
     # Gone members get no more events of it.
     await alice.api.post_ok(cid, "after bob left")
     assert (await a.next_of_type("message"))["message"]["body"] == "after bob left"
@@ -354,7 +355,7 @@ async def test_non_member_forbidden_on_every_call(new_user):
     after = (await alice.api.get(cid)).json()
     assert after == {**created, "last_seq": 1}
     assert [m["body"] for m in await alice.api.history_ok(cid)] == ["secret"]
-    assert (await outsider.api.list()).json() == {"conversations": []}
+    assert (await outsider.api.list()).json() == {"conversations": [], "next_cursor": None}
     assert await a.quiet() == []
 
 

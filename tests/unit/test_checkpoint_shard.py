@@ -58,10 +58,7 @@ async def make_shard(store):
 
     yield make
     for shard in shards:
-        for task in shard._tasks:
-            task.cancel()
-        await asyncio.gather(*shard._tasks, return_exceptions=True)
-        shard._writer.shutdown(wait=True)
+        await shard.stop()
 
 
 def sends(keys, sender: str = ALICE) -> list[SendMessage]:
@@ -82,8 +79,8 @@ async def running(make_shard) -> MailboxShard:
     shard = make_shard()
     await committed(shard, [CreateConversation(CID, ALICE, (BOB, PEER), "", "local")])
     await committed(shard, sends(["k0", "k1", "k2"]))
-    await shard.attach("gw1", ALICE, since=None)
-    await shard.attach("gw1", ALICE, since=None)
+    await shard.attach("gw1", ALICE, since=None, socket_id=1)
+    await shard.attach("gw1", ALICE, since=None, socket_id=2)
     return shard
 
 
@@ -190,7 +187,7 @@ def restore_host(host: MailboxHost, store: MemoryStore, records, gateways, now=1
 
 async def test_restored_mailboxes_are_live_at_their_stored_head_before_any_reattach(host, store):
     receipts(store, ALICE, 5)  # the checkpoint said head 3; two more committed since
-    counts = restore_host(host, store, [MailboxRecord(ALICE, 3, {"gw1": 2})], ["gw1"])
+    counts = restore_host(host, store, [MailboxRecord(ALICE, 3, {"gw1": [1, 2]})], ["gw1"])
     assert counts == {"mailboxes": 1, "gateways": 1, "events_after_watermark": 2}
     receipts(store, ALICE, 1)
     host.deliver(store.events_after(ALICE, 5, 6, 10))
@@ -199,24 +196,25 @@ async def test_restored_mailboxes_are_live_at_their_stored_head_before_any_reatt
 
 async def test_reattaching_at_the_head_needs_no_query(host, store):
     receipts(store, ALICE, 4)
-    restore_host(host, store, [MailboxRecord(ALICE, 4, {"gw1": 1})], ["gw1"])
+    restore_host(host, store, [MailboxRecord(ALICE, 4, {"gw1": [1]})], ["gw1"])
     store.fail_with = StorageUnavailable("down")
     result = await host.attach("gw1", ALICE, since=4)
     assert (result.head, result.events, result.resync_required) == (4, [], False)
 
 
-async def test_the_gateways_reattaches_replace_the_restored_socket_count(host, store):
-    restore_host(host, store, [MailboxRecord(ALICE, 0, {"gw1": 2})], ["gw1"])
-    await host.attach("gw1", ALICE, since=0)
-    await host.attach("gw1", ALICE, since=0)
-    host.detach("gw1", ALICE)
+async def test_the_gateways_reattaches_replace_the_restored_sockets(host, store):
+    restore_host(host, store, [MailboxRecord(ALICE, 0, {"gw1": [1, 2]})], ["gw1"])
+    await host.attach("gw1", ALICE, since=0, socket_id=1)
+    await host.attach("gw1", ALICE, since=0, socket_id=2)
+    await host.attach("gw1", ALICE, since=0, socket_id=2)  # the same socket again: still two
+    host.detach("gw1", ALICE, socket_id=1)
     assert host.online_users() == 1
-    host.detach("gw1", ALICE)
+    host.detach("gw1", ALICE, socket_id=2)
     assert host.online_users() == 0  # exactly two sockets, not the restored two plus two
 
 
 async def test_restored_sockets_never_reattached_are_dropped_after_the_grace(host, store):
-    records = [MailboxRecord(ALICE, 0, {"gw1": 1}), MailboxRecord(BOB, 0, {"gw1": 1})]
+    records = [MailboxRecord(ALICE, 0, {"gw1": [1]}), MailboxRecord(BOB, 0, {"gw1": [2]})]
     restore_host(host, store, records, ["gw1"], now=100.0)
     await host.attach("gw1", ALICE, since=0)  # gw1 still holds ALICE's socket, not BOB's
     assert host.expire_restored(now=129.0) == 0
@@ -227,7 +225,7 @@ async def test_restored_sockets_never_reattached_are_dropped_after_the_grace(hos
 
 
 async def test_restored_gateways_get_a_fresh_lease_and_a_dead_one_expires(host, store):
-    restore_host(host, store, [MailboxRecord(ALICE, 0, {"gw-dead": 1})], ["gw-dead"], now=100.0)
+    restore_host(host, store, [MailboxRecord(ALICE, 0, {"gw-dead": [1]})], ["gw-dead"], now=100.0)
     assert host.expire_gateways(now=105.0, lease_s=6.0) == []
     assert host.expire_gateways(now=107.0, lease_s=6.0) == ["gw-dead"]
     assert host.online_users() == 0
@@ -235,7 +233,7 @@ async def test_restored_gateways_get_a_fresh_lease_and_a_dead_one_expires(host, 
 
 async def test_the_snapshot_holds_live_mailboxes_and_gateways(running):
     mailboxes, gateways = running.mailboxes.snapshot()
-    assert mailboxes == [MailboxRecord(ALICE, 4, {"gw1": 2})]  # joined, then 3 messages
+    assert mailboxes == [MailboxRecord(ALICE, 4, {"gw1": [1, 2]})]  # joined, then 3 messages
     assert gateways == ["gw1"]
 
 
@@ -274,7 +272,7 @@ async def test_attach_many_loads_every_missing_head_in_one_query_and_answers_in_
 async def test_attach_many_of_restored_mailboxes_at_their_head_needs_no_query(host, store):
     receipts(store, ALICE, 2)
     receipts(store, BOB, 4)
-    records = [MailboxRecord(ALICE, 2, {"gw1": 1}), MailboxRecord(BOB, 1, {"gw1": 2})]
+    records = [MailboxRecord(ALICE, 2, {"gw1": [1]}), MailboxRecord(BOB, 1, {"gw1": [2, 3]})]
     restore_host(host, store, records, ["gw1"])
     store.fail_with = StorageUnavailable("down")
     results = await host.attach_many("gw1", [(ALICE, 2), (BOB, 4), (BOB, 4)])

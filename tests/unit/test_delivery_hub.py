@@ -13,7 +13,6 @@ from switchboard.actors.mailbox import AttachResult
 from switchboard.actors.ring import Ring
 from switchboard.auth import Identity
 from switchboard.gateway.delivery import DeliveryHub
-from switchboard.gateway.rate_limit import RateLimiter
 from switchboard.gateway.session import Session
 from switchboard.gateway.wire_errors import CLOSE_GOING_AWAY
 from switchboard.settings import Settings
@@ -45,17 +44,17 @@ class FakeShard:
         self.missed: dict[str, list[int]] = {}
         self.attach = Remote(self._attach)
         self.attach_many = Remote(self._attach_many)
-        self.detach = Remote(lambda gateway_id, user_id: None)
+        self.detach = Remote(lambda gateway_id, user_id, socket_id=None: None)
 
-    async def _attach(self, gateway_id, user_id, since):
+    async def _attach(self, gateway_id, user_id, since, socket_id=None, fresh=False):
         self.attach_calls.append((user_id, since))
         return self._answer(user_id, since)
 
     async def _attach_many(self, gateway_id, sockets):
-        self.attach_many_calls.append(list(sockets))
+        self.attach_many_calls.append([(user_id, since) for user_id, since, _ in sockets])
         if self.failures:
             raise self.failures.pop(0)
-        return [self._answer(user_id, since) for user_id, since in sockets]
+        return [self._answer(user_id, since) for user_id, since, _ in sockets]
 
     def _answer(self, user_id, since) -> AttachResult:
         cursors = [c for c in self.missed.get(user_id, []) if since is not None and c > since]
@@ -79,10 +78,18 @@ class FakeDirectory:
         return index, self.handles[index]
 
 
+class Limits:
+    async def take(self, user_id, kind, what=""):
+        pass
+
+    def warm(self, user_id, kind):
+        pass
+
+
 class Core:
     def __init__(self, hub: DeliveryHub):
         self.settings = Settings()
-        self.limiter = RateLimiter(self.settings.send_rate_per_s, self.settings.send_burst)
+        self.limits = Limits()
         self.hub = hub
 
 

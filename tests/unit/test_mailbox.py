@@ -9,6 +9,7 @@ import json
 import pytest
 
 from switchboard.actors.mailbox import MailboxHost
+from switchboard.errors import TooManySockets
 from switchboard.storage.memory_store import MemoryStore
 from switchboard.storage.models import RECEIPT, MailboxEvent, WriteBatch
 from switchboard.storage.store import StorageUnavailable
@@ -84,11 +85,45 @@ async def test_attach_with_since_at_the_edges(host, store, since, expected):
     assert not result.resync_required
 
 
-async def test_replay_reads_past_one_page(host, store, monkeypatch):
+async def test_a_resume_is_answered_one_page_at_a_time(host, store, monkeypatch):
     monkeypatch.setattr("switchboard.actors.mailbox.REPLAY_PAGE", 2)
     commit(store, "alice", 5)
     result = await host.attach("gw1", "alice", since=0)
-    assert [e.cursor for e in result.events] == [1, 2, 3, 4, 5]
+    assert ([e.cursor for e in result.events], result.more, result.head) == ([1, 2], True, 5)
+    pages = []
+    while result.more:
+        result = await host.replay("alice", result.events[-1].cursor)
+        pages.append([e.cursor for e in result.events])
+    assert pages == [[3, 4], [5]]
+    assert (await host.replay("alice", 5)).events == []
+
+
+async def test_a_replay_reads_up_to_what_is_committed_and_past_a_pruned_cursor_resyncs(host, store):
+    commit(store, "alice", 3)
+    await host.attach("gw1", "alice", since=None)
+    commit(store, "alice", 2)  # committed after the attach: a replay reads them too
+    assert [e.cursor for e in (await host.replay("alice", 3)).events] == [4, 5]
+    store.prune_mailboxes(keep_days=0, keep_events=1, now_ms=FAR_FUTURE_MS)
+    assert (await host.replay("alice", 1)).resync_required
+
+
+async def test_attach_many_shares_one_budget_of_events(host, store, monkeypatch):
+    monkeypatch.setattr("switchboard.actors.mailbox.ATTACH_MANY_EVENTS_MAX", 3)
+    for user in ("alice", "bob", "carol"):
+        commit(store, user, 2)
+    results = await host.attach_many("gw1", [("alice", 0, 1), ("bob", 0, 2), ("carol", 0, 3)])
+    assert [([e.cursor for e in r.events], r.more) for r in results] == [([1, 2], False), ([1], True), ([], True)]
+
+
+async def test_a_socket_over_the_users_cap_is_refused_but_a_known_one_reattaches(host):
+    await host.attach("gw1", "alice", since=None, socket_id=1, max_sockets=2)
+    await host.attach("gw2", "alice", since=None, socket_id=1, max_sockets=2)
+    with pytest.raises(TooManySockets):
+        await host.attach("gw1", "alice", since=None, socket_id=2, max_sockets=2)
+    await host.attach("gw1", "alice", since=None, socket_id=1, max_sockets=2)  # already counted
+    host.detach("gw2", "alice", socket_id=1)
+    await host.attach("gw1", "alice", since=None, socket_id=2, max_sockets=2)
+    assert host.online_users() == 1
 
 
 async def test_since_below_what_was_pruned_requires_a_resync(host, store):

@@ -3,21 +3,11 @@
 from __future__ import annotations
 
 from switchboard.gateway.rate_limit import IDLE_FORGET_S, RateLimiter
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from fake_clock import FakeClock
 
 
 def limiter(rate_per_s: float = 2.0, burst: int = 3) -> tuple[RateLimiter, FakeClock]:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     return RateLimiter(rate_per_s, burst, clock=clock), clock
 
 

@@ -269,7 +269,7 @@ def failing_apply(store: MemoryStore, error: Exception, land_first: bool = False
     """store.apply that raises `error` once (after committing, with land_first), then works."""
     real_apply = store.apply
 
-    def apply(batch):
+    def apply(batch, timeout_s=None):
         store.apply = real_apply
         if land_first:
             real_apply(batch)
@@ -344,7 +344,7 @@ def test_a_stale_sequencer_whose_messages_collide_commits_nothing_twice(room, st
 
 
 def test_a_second_stale_commit_is_refused_overloaded_not_raised(room, store):
-    def always_stale(batch):
+    def always_stale(batch, timeout_s=None):
         raise StaleSequencer("another owner keeps writing")
 
     store.apply = always_stale

@@ -11,7 +11,7 @@ import pytest
 from recording_socket import RecordingSocket
 
 from switchboard.actors.mailbox import AttachResult
-from switchboard.actors.ops import MarkRead, Outcome, SendMessage
+from switchboard.actors.ops import MarkRead, Outcome, SendMessage, Typing
 from switchboard.auth import Identity
 from switchboard.errors import Forbidden
 from switchboard.gateway.rate_limit import RateLimiter
@@ -39,16 +39,24 @@ def live(cursor: int) -> tuple[int, str]:
 
 
 class FakeHub:
-    """attach answers from `results`, in call order; hold(n) keeps the n-th call (0-based) waiting
-    until the returned event is set."""
+    """Answers attach and replay calls from `results`, in call order; hold(n) keeps the n-th call
+    (0-based) waiting until the returned event is set."""
 
     def __init__(self, *results: AttachResult):
         self.results = list(results)
         self.gates: dict[int, asyncio.Event] = {}
-        self.attach_calls: list[tuple[str, int | None]] = []
+        self.calls: list[tuple[str, str, int | None]] = []  # ("attach" or "replay", user_id, since)
         self.registered: list[Session] = []
         self.unregistered: list[Session] = []
         self.acks: list[tuple[str, int]] = []
+
+    @property
+    def attach_calls(self) -> list[tuple[str, int | None]]:
+        """(user_id, cursor asked from) of every attach and replay call."""
+        return [(user_id, since) for _, user_id, since in self.calls]
+
+    def new_socket_id(self) -> int:
+        return 1
 
     def register(self, session):
         self.registered.append(session)
@@ -60,9 +68,15 @@ class FakeHub:
         gate = self.gates[call_index] = asyncio.Event()
         return gate
 
-    async def attach(self, user_id, since):
-        call_index = len(self.attach_calls)
-        self.attach_calls.append((user_id, since))
+    async def attach(self, session, since, fresh=False):
+        return await self._answer(("attach", session.user_id, since))
+
+    async def replay(self, user_id, after, limit):
+        return await self._answer(("replay", user_id, after))
+
+    async def _answer(self, call):
+        call_index = len(self.calls)
+        self.calls.append(call)
         result = self.results[call_index]
         if call_index in self.gates:
             await self.gates[call_index].wait()
@@ -74,6 +88,19 @@ class FakeHub:
         self.acks.append((user_id, cursor))
 
 
+class FakeLimits:
+    """SharedLimits' interface over one local bucket (the sharing is tested in test_rate_limit)."""
+
+    def __init__(self, limiter: RateLimiter):
+        self.limiter = limiter
+
+    async def take(self, user_id, kind, what="over the send rate"):
+        self.limiter.check(user_id, what)
+
+    def warm(self, user_id, kind):
+        pass
+
+
 class FakeClock:
     now = 0.0
 
@@ -82,29 +109,31 @@ class FakeClock:
 
 
 class FakeCore:
-    def __init__(self, hub: FakeHub, burst: int = 100, flood_strikes: int = 200):
+    def __init__(self, hub: FakeHub, burst: int = 100, flood_strikes: int = 200, **settings):
         self.settings = Settings(max_body_bytes=50, send_rate_per_s=10.0, send_burst=burst,
-                                 flood_strikes=flood_strikes)
+                                 flood_strikes=flood_strikes, **settings)
         self.clock = FakeClock()
-        self.limiter = RateLimiter(self.settings.send_rate_per_s, burst, clock=self.clock)
+        self.limits = FakeLimits(RateLimiter(self.settings.send_rate_per_s, burst, clock=self.clock))
         self.hub = hub
         self.submitted: list = []
         self.typed: list[tuple[str, str]] = []
         self.outcome: Outcome | None = None  # what submit answers; default: echo a message
+        self.pending: asyncio.Future | None = None  # set: reads and typing wait for it
 
-    async def submit(self, operation):
+    async def submit(self, operation, started=None):
+        if isinstance(operation, Typing):
+            if self.pending is not None:
+                await self.pending
+            self.typed.append((operation.conversation_id, operation.user_id))
+            return Outcome(value={}) if operation.conversation_id == CID else Outcome.failed(Forbidden("not a member"))
         return await self.enqueue(operation)
 
-    def enqueue(self, operation) -> asyncio.Future:
+    def enqueue(self, operation, started=None) -> asyncio.Future:
         self.submitted.append(operation)
         answer = asyncio.get_running_loop().create_future()
         answer.set_result(self.outcome if self.outcome is not None else
                           Outcome(value={"conversation_id": operation.conversation_id, "seq": len(self.submitted)}))
         return answer
-
-    async def typing(self, conversation_id, user_id):
-        self.typed.append((conversation_id, user_id))
-        return Outcome(value={}) if conversation_id == CID else Outcome.failed(Forbidden("not a member"))
 
 
 @pytest.fixture
@@ -225,7 +254,7 @@ async def test_a_resume_during_open_does_not_replay_history_before_ready(make_se
     session = Session(FakeCore(hub), Identity("alice", "local"), client.send_text, client.close)
     opening = asyncio.create_task(session.open(None))  # the client asked for no replay
     await settle()
-    session.resume()  # the hub's stream to the shard reconnected: it resumes every registered session
+    assert not session.begin_reattach()  # the shard restarted meanwhile: registered again after the open
     await settle()
     opening_gate.set()
     await opening

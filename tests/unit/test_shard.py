@@ -65,11 +65,8 @@ async def make_shard(store, peers):
         return shard
 
     yield make
-    for shard in shards:  # the shard has no stop(): end its loops and its writer thread here
-        for task in shard._tasks:
-            task.cancel()
-        await asyncio.gather(*shard._tasks, return_exceptions=True)
-        shard._writer.shutdown(wait=True)
+    for shard in shards:
+        await shard.stop()
 
 
 @pytest.fixture
@@ -162,7 +159,7 @@ async def test_an_outage_answers_overloaded_and_the_shard_recovers(shard, store)
 async def test_a_bug_in_a_commit_fails_that_batch_as_internal_and_the_shard_keeps_serving(shard):
     real_commit = shard.sequencer.commit
 
-    def broken_once(operations):
+    def broken_once(operations, *_):
         shard.sequencer.commit = real_commit
         raise RuntimeError("boom")
 

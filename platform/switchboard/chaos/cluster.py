@@ -22,7 +22,8 @@ import ray
 from ray.cluster_utils import Cluster
 
 from switchboard.actors import registry
-from switchboard.local import ray_environment
+from switchboard.local import ensure_ray_token, loopback_environment, ray_environment
+from switchboard.ray_loopback import LOOPBACK, keep_ray_on_loopback
 from switchboard.private_ports import private_serve_ports
 from switchboard.settings import Settings
 
@@ -97,6 +98,10 @@ class LocalCluster:
 
     def start(self) -> None:
         os.environ.update(ray_environment(self.settings))
+        # Loopback only, with Ray's token auth, like every local run (switchboard/ray_loopback.py).
+        os.environ.update(loopback_environment())
+        keep_ray_on_loopback()
+        ensure_ray_token()
         os.environ.update(private_serve_ports())  # another platform may share this machine
         self._address_file = AddressFile()
         for attempt in range(1, START_ATTEMPTS + 1):
@@ -109,7 +114,8 @@ class LocalCluster:
                 self._remove_nodes()
                 if attempt == START_ATTEMPTS:
                     raise
-        ray.init(address=self.cluster.address, namespace=self.settings.namespace, log_to_driver=False)
+        ray.init(address=self.cluster.address, namespace=self.settings.namespace, log_to_driver=False,
+                 _node_ip_address=LOOPBACK)
 
     def _start_nodes(self) -> None:
         self.cluster = Cluster(
@@ -118,6 +124,7 @@ class LocalCluster:
                 "num_cpus": self.cpus_per_node,
                 "temp_dir": self.temp_dir,
                 "include_dashboard": False,
+                "node_ip_address": LOOPBACK,
                 "object_store_memory": HEAD_OBJECT_STORE_BYTES,
                 "_system_config": dict(FAST_FAILURE_DETECTION),
                 "resources": {INGRESS_RESOURCE: 1000},
@@ -131,6 +138,7 @@ class LocalCluster:
         self._added += 1
         node = self.cluster.add_node(
             num_cpus=self.cpus_per_node,
+            node_ip_address=LOOPBACK,
             resources={registry.region_resource(region): 1000 for region in self.settings.regions},
             object_store_memory=WORKER_OBJECT_STORE_BYTES,
         )

@@ -21,6 +21,8 @@ from .events import Conversation, Message
 from .tokens import TokenSource, current_token
 
 HTTP_TIMEOUT_S = 10.0
+# Conversations asked for per page when listing them all (the server allows up to 200 by default).
+CONVERSATION_PAGE = 200
 
 
 def new_client_msg_id() -> str:
@@ -76,8 +78,21 @@ class HttpApi:
         return Conversation.from_wire(response.json())
 
     async def list_conversations(self) -> list[Conversation]:
-        response = await self._call("GET", "/v1/conversations")
-        return [Conversation.from_wire(c) for c in response.json()["conversations"]]
+        """Every conversation of the caller, oldest first (all the pages)."""
+        conversations, cursor = [], None
+        while True:
+            page, cursor = await self.conversations_page(limit=CONVERSATION_PAGE, cursor=cursor)
+            conversations.extend(page)
+            if cursor is None:
+                return conversations
+
+    async def conversations_page(self, limit: int | None = None,
+                                 cursor: str | None = None) -> tuple[list[Conversation], str | None]:
+        """One page of the caller's conversations, and the cursor of the next (None: the last)."""
+        params = {k: v for k, v in (("limit", limit), ("cursor", cursor)) if v is not None}
+        response = await self._call("GET", "/v1/conversations", params=params)
+        body = response.json()
+        return [Conversation.from_wire(c) for c in body["conversations"]], body.get("next_cursor")
 
     async def get_conversation(self, conversation_id: str) -> Conversation:
         response = await self._call("GET", f"/v1/conversations/{conversation_id}")

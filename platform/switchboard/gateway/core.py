@@ -1,45 +1,68 @@
 """What one gateway replica holds: its id, the shard directory and batchers, the delivery hub,
-the rate limiter and a read-only store. HTTP routes and WebSocket sessions go through it."""
+the rate limits, the gate for unauthenticated sockets and a read-only store. HTTP routes and
+WebSocket sessions go through it."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 
-from switchboard.actors.ops import Operation, Outcome
-from switchboard.errors import Forbidden, NotFound, Overloaded, SwitchboardError
+from switchboard.actors.ops import SEQUENCED, Operation, Outcome, TakeTokens
+from switchboard.errors import Forbidden, NotFound, Overloaded
 from switchboard.settings import Settings
 from switchboard.storage.database import make_engine
 from switchboard.storage.models import Conversation
 from switchboard.storage.sql_store import SqlStore
 from switchboard.storage.store import StorageUnavailable
 
+from .batcher import ShardBatcher
 from .delivery import DeliveryHub
-from .rate_limit import RateLimiter
-from .shards import SHARD_GONE, ShardBatcher, ShardDirectory, unwrap
+from .preauth import PreAuthGate
+from .rate_limit import LEASE_TIMEOUT_S, RateLimiter, SharedLimits
+from .shards import SHARD_GONE, ShardDirectory
 from .wire_errors import CLOSE_GOING_AWAY
 
+log = logging.getLogger(__name__)
+
 HEALTH_CACHE_S = 1.0
+HEALTH_TIMEOUT_S = 2.0
+DATABASE_UNAVAILABLE = "the database is unavailable; retry later"
+# Leases, typing and acks are answered by the shard at once: a signal unanswered this long is moot.
+SIGNAL_TIMEOUT_S = 2.0
 
 
 class GatewayCore:
     def __init__(self, settings: Settings, database_url: str):
         self.settings = settings
         self.gateway_id = f"gw-{uuid.uuid4().hex[:12]}"
-        self.store = SqlStore(make_engine(database_url, pool_size=8))
-        self.limiter = RateLimiter(settings.send_rate_per_s, settings.send_burst)
+        self.store = SqlStore(make_engine(database_url, pool_size=8, statement_timeout_s=settings.db_statement_timeout_s))
+        self.limits = SharedLimits(
+            {"send": (settings.send_rate_per_s, settings.send_burst),
+             "membership": (settings.membership_rate_per_s, settings.membership_burst)},
+            lease=self._lease)
+        self.http_limiter = RateLimiter(settings.http_rate_per_s, settings.http_burst)
+        self.preauth = PreAuthGate(settings.preauth_sockets_per_address, settings.preauth_sockets_max)
         self.directory: ShardDirectory | None = None
+        # Two batchers per shard: writes (the sequencer's operations, whose calls last as long as
+        # a commit) and signals (token leases, typing, acks: answered at once by the shard), so
+        # a lease or a typing frame never waits behind a slow or stuck commit.
         self.batchers: list[ShardBatcher] = []
+        self.signal_batchers: list[ShardBatcher] = []
         self.hub: DeliveryHub | None = None
-        self._health = (0.0, False)
+        self._health: tuple[float, str | None] = (0.0, "starting")
         self.sessions: set = set()  # live WebSocket sessions, for drain
         self.draining = False  # set once: new sockets are turned away, open ones closed 1001
 
     async def start(self) -> None:
         self.directory = await ShardDirectory.from_router(self.settings)
-        self.batchers = [ShardBatcher(h, self.settings.send_timeout_s) for h in self.directory.handles]
-        self.hub = DeliveryHub(self.gateway_id, self.directory, attach_deadline_s=self.settings.send_timeout_s)
+        self.batchers = [ShardBatcher(handle, self.settings.send_timeout_s, self.settings.gateway_queue_max)
+                         for handle in self.directory.handles]
+        self.signal_batchers = [ShardBatcher(handle, SIGNAL_TIMEOUT_S, self.settings.gateway_queue_max)
+                                for handle in self.directory.handles]
+        self.hub = DeliveryHub(self.gateway_id, self.directory, attach_deadline_s=self.settings.send_timeout_s,
+                               enqueue_at=self.enqueue_at)
         await self.hub.start()
 
     async def drain(self) -> None:
@@ -50,35 +73,40 @@ class GatewayCore:
             await session.close(CLOSE_GOING_AWAY, "server draining; reconnect with since")
 
     async def stop(self) -> None:
+        for batcher in (*self.batchers, *self.signal_batchers):
+            batcher.stop()
         if self.hub is not None:
+            self.hub.flush_acks()
             await self.hub.stop()
 
     # ---- writes go to the conversation's sequencer ------------------------------------------
 
-    async def submit(self, operation: Operation) -> Outcome:
-        return await self.enqueue(operation)
+    async def submit(self, operation: Operation, started: float | None = None) -> Outcome:
+        return await self.enqueue(operation, started)
 
-    def enqueue(self, operation: Operation) -> asyncio.Future:
-        """submit without a coroutine: a future of the Outcome (the WebSocket hot path)."""
+    def enqueue(self, operation: Operation, started: float | None = None) -> asyncio.Future:
+        """submit without a coroutine: a future of the Outcome (the WebSocket hot path). The
+        send timeout runs from `started` (when the frame or request came in), if given."""
         index, _ = self.directory.for_conversation(operation.conversation_id)
-        return self.batchers[index].enqueue(operation)
+        if isinstance(operation, SEQUENCED):
+            timeout_s = None if started is None else self.settings.send_timeout_s - (time.monotonic() - started)
+            return self.batchers[index].enqueue(operation, timeout_s)
+        return self.signal_batchers[index].enqueue(operation)
 
-    async def run(self, operation: Operation) -> Outcome:
+    def enqueue_at(self, index: int, operation: Operation, timeout_s: float | None = None) -> asyncio.Future:
+        """A signal for shard `index` itself (token leases and acks: the user's shard)."""
+        return self.signal_batchers[index].enqueue(operation, timeout_s)
+
+    async def run(self, operation: Operation, started: float | None = None) -> Outcome:
         """submit, raising the refusal as an exception (for HTTP handlers)."""
-        outcome = await self.submit(operation)
+        outcome = await self.submit(operation, started)
         if outcome.error is not None:
             raise outcome.error
         return outcome
 
-    async def typing(self, conversation_id: str, user_id: str) -> Outcome:
-        _, handle = self.directory.for_conversation(conversation_id)
-        try:
-            return await handle.typing.remote(conversation_id, user_id)
-        except SHARD_GONE:
-            return Outcome.failed(Overloaded("the conversation's shard is restarting; retry"))
-        except Exception as error:
-            cause = unwrap(error)
-            return Outcome.failed(cause if isinstance(cause, SwitchboardError) else SwitchboardError())
+    def _lease(self, user_id: str, kind: str, wanted: int):
+        index, _ = self.directory.for_user(user_id)
+        return self.enqueue_at(index, TakeTokens(user_id, kind, wanted), LEASE_TIMEOUT_S)
 
     # ---- reads go straight to PostgreSQL ----------------------------------------------------
 
@@ -86,7 +114,8 @@ class GatewayCore:
         try:
             return await asyncio.to_thread(query, *args)
         except StorageUnavailable as error:
-            raise Overloaded(str(error)) from None
+            log.warning("read failed: %s", error)
+            raise Overloaded(DATABASE_UNAVAILABLE) from None
 
     async def member_conversation(self, conversation_id: str, user_id: str) -> Conversation:
         conversation = await self.read(self.store.load_conversation, conversation_id)
@@ -96,18 +125,42 @@ class GatewayCore:
             raise Forbidden("not a member of this conversation")
         return conversation
 
-    async def healthy(self) -> bool:
-        """Ready for traffic: shards reachable through our streams and PostgreSQL answering."""
+    # ---- health -----------------------------------------------------------------------------
+
+    async def health_problem(self) -> str | None:
+        """None when this replica can take traffic: not draining, every shard of the region
+        answering and able to commit, PostgreSQL answering. Cached for HEALTH_CACHE_S."""
         if self.draining:
-            return False
-        checked_at, ok = self._health
+            return "draining"
+        checked_at, problem = self._health
         if time.monotonic() - checked_at < HEALTH_CACHE_S:
-            return ok
-        ok = self.hub is not None
-        if ok:
-            try:
-                await asyncio.wait_for(asyncio.to_thread(self.store.mailbox_head, "health-probe"), 3)
-            except Exception:
-                ok = False
-        self._health = (time.monotonic(), ok)
-        return ok
+            return problem
+        problem = await self._check()
+        self._health = (time.monotonic(), problem)
+        return problem
+
+    async def _check(self) -> str | None:
+        if self.hub is None or self.directory is None:
+            return "starting"
+        try:
+            answers = await asyncio.wait_for(
+                asyncio.gather(*(handle.health.remote() for handle in self.directory.handles)), HEALTH_TIMEOUT_S)
+        except (asyncio.TimeoutError, *SHARD_GONE) as error:
+            return f"a shard cannot be reached ({type(error).__name__})"
+        for index, answer in enumerate(answers):
+            if not answer.get("ok"):
+                return f"shard {index}: {answer.get('problem')}"
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self.store.mailbox_head, "health-probe"), HEALTH_TIMEOUT_S)
+        except Exception as error:
+            return f"the database does not answer ({type(error).__name__})"
+        return None
+
+    def machinery_problem(self) -> str | None:
+        """What Serve's check_health asks: is this replica itself working (not its dependencies;
+        restarting a replica because the database is down would only add churn)?"""
+        if self.hub is None:
+            return "not started"
+        if not self.hub.running():
+            return "a delivery stream pump or the heartbeat stopped"
+        return None

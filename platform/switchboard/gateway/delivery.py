@@ -2,22 +2,30 @@
 
 Each gateway replica holds one long-lived stream per shard (an async-generator actor call): the
 shard pushes batches of (user_id, cursor, frame text) for the users with sockets here, and this hub hands each
-frame to those users' sessions. No polling, no Ray call per message per connection.
+frame to those users' sessions. No polling, no Ray call per message per connection. The stream
+has backpressure (actors/remote.py STREAM_BACKLOG unread batches at most); a replica that falls
+further behind has its outbox at the shard dropped and re-attaches (actors/gateway_outbox.py).
 
-When a stream breaks (the shard died and Ray restarts it, having lost its in-memory mailboxes),
-the hub opens a new one and re-attaches every local session of that shard with its last cursor, all
-in one call: the shard replays what each session missed from PostgreSQL, so nothing is lost across
-the restart.
+When a stream breaks (the shard died and Ray restarts it, having lost its in-memory mailboxes,
+or it dropped this replica's sockets), the hub opens a new one and re-attaches every local
+session of that shard with its last cursor, all in one call: the shard replays what each session
+missed from PostgreSQL, so nothing is lost. Each session names its socket with an id of this
+replica's, so attaching the same socket twice registers it once.
+
+Acks are coalesced: each user's newest acked cursor is kept here and sent to its shard every
+ACK_FLUSH_INTERVAL_S, one batched call for them all, however fast clients ack.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 from typing import TYPE_CHECKING
 
 from switchboard.actors.mailbox import AttachResult, Delivery
+from switchboard.actors.ops import Ack
 
 from .shards import RETRY_BACKOFF_S, SHARD_GONE, ShardDirectory, call_while_restarting
 
@@ -28,14 +36,19 @@ log = logging.getLogger(__name__)
 
 # Well inside the shards' lease (actors/shard.py GATEWAY_LEASE_S), so two lost beats are survived.
 HEARTBEAT_INTERVAL_S = 2.0
+ACK_FLUSH_INTERVAL_S = 1.0
+ACK_TIMEOUT_S = 2.0
 
 
 class DeliveryHub:
-    def __init__(self, gateway_id: str, directory: ShardDirectory, attach_deadline_s: float):
+    def __init__(self, gateway_id: str, directory: ShardDirectory, attach_deadline_s: float, enqueue_at=None):
         self.gateway_id = gateway_id
         self.directory = directory
         self.attach_deadline_s = attach_deadline_s
+        self.enqueue_at = enqueue_at  # (shard index, operation, timeout) -> future of its Outcome
         self.sessions: dict[str, set[Session]] = collections.defaultdict(set)
+        self._socket_ids = itertools.count(1)
+        self._acks: dict[str, int] = {}
         self._pumps: list[asyncio.Task] = []
         self._reattaching: set[asyncio.Task] = set()
 
@@ -43,6 +56,8 @@ class DeliveryHub:
         for index in range(len(self.directory.handles)):
             self._pumps.append(asyncio.create_task(self._pump(index)))
         self._pumps.append(asyncio.create_task(self._heartbeat()))
+        if self.enqueue_at is not None:
+            self._pumps.append(asyncio.create_task(self._flush_acks_forever()))
 
     async def stop(self) -> None:
         tasks = [*self._pumps, *self._reattaching]
@@ -50,7 +65,14 @@ class DeliveryHub:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    def running(self) -> bool:
+        """Every stream pump and the heartbeat are alive (Serve's check_health asks)."""
+        return bool(self._pumps) and not any(task.done() for task in self._pumps)
+
     # ---- sessions ----------------------------------------------------------------------------
+
+    def new_socket_id(self) -> int:
+        return next(self._socket_ids)
 
     def register(self, session: Session) -> None:
         self.sessions[session.user_id].add(session)
@@ -63,19 +85,38 @@ class DeliveryHub:
                 del self.sessions[session.user_id]
         _, handle = self.directory.for_user(session.user_id)
         try:
-            handle.detach.remote(self.gateway_id, session.user_id)
+            handle.detach.remote(self.gateway_id, session.user_id, session.socket_id)
         except Exception as error:  # the shard is gone; its restart forgot the socket anyway
             log.debug("detach failed: %s", error)
 
-    async def attach(self, user_id: str, since: int | None) -> AttachResult:
-        """Attach a socket to its mailbox, waiting out a shard restart up to the deadline."""
+    async def attach(self, session: Session, since: int | None, fresh: bool = False) -> AttachResult:
+        """Attach a session's socket to its mailbox (the first page of its replay comes back),
+        waiting out a shard restart up to the deadline; `fresh` counts it against the user's cap."""
+        _, handle = self.directory.for_user(session.user_id)
+        return await call_while_restarting(
+            lambda: handle.attach.remote(self.gateway_id, session.user_id, since, session.socket_id, fresh),
+            self.attach_deadline_s)
+
+    async def replay(self, user_id: str, after: int, limit: int) -> AttachResult:
+        """The next page of a user's events after `after` (a read; no registration)."""
         _, handle = self.directory.for_user(user_id)
-        return await call_while_restarting(lambda: handle.attach.remote(self.gateway_id, user_id, since),
-                                           self.attach_deadline_s)
+        return await call_while_restarting(lambda: handle.replay.remote(user_id, after, limit), self.attach_deadline_s)
 
     def ack(self, user_id: str, cursor: int) -> None:
-        _, handle = self.directory.for_user(user_id)
-        handle.ack.remote(user_id, cursor)
+        if cursor > self._acks.get(user_id, 0):
+            self._acks[user_id] = cursor
+
+    def flush_acks(self) -> list[asyncio.Future]:
+        """Send the acks gathered since the last flush, batched by shard (advisory: a lost one is
+        carried by the next)."""
+        acks, self._acks = self._acks, {}
+        return [self.enqueue_at(self.directory.ring.user_shard(user_id), Ack(user_id, cursor), ACK_TIMEOUT_S)
+                for user_id, cursor in acks.items()]
+
+    async def _flush_acks_forever(self) -> None:
+        while True:
+            await asyncio.sleep(ACK_FLUSH_INTERVAL_S)
+            self.flush_acks()
 
     # ---- streams -------------------------------------------------------------------------------
 
@@ -90,7 +131,7 @@ class DeliveryHub:
                         reconnecting = False
                         self._resume_shard(index)
                     self._dispatch(batch)
-                reconnecting = True  # the shard ended the stream: another replaced it, or it stopped
+                reconnecting = True  # the shard ended the stream: it dropped our sockets, or it stopped
             except asyncio.CancelledError:
                 raise
             except SHARD_GONE as error:
@@ -133,7 +174,8 @@ class DeliveryHub:
         def attach_open_sessions():  # again on each retry, without the sessions closed meanwhile
             nonlocal sessions
             sessions = [session for session in sessions if not session.closed]
-            return handle.attach_many.remote(self.gateway_id, [(s.user_id, s.last_cursor) for s in sessions])
+            return handle.attach_many.remote(
+                self.gateway_id, [(s.user_id, s.last_cursor, s.socket_id) for s in sessions])
 
         try:
             results = await call_while_restarting(attach_open_sessions, self.attach_deadline_s)

@@ -1,14 +1,9 @@
-"""The gateway's view of the region's shards: who owns a key, and batched calls to the owner.
-
-Ray actor calls cost per call, not per byte (DESIGN.md: ~1.5-2k calls/s from one caller whatever
-the batch), so every operation bound for one shard waits for the call in flight to that shard and
-leaves with everything that queued meanwhile: one call per batch, one call in flight per shard.
-"""
+"""The gateway's view of the region's shards: who owns a key, and calls that wait out a restart.
+Batched calls to a shard are batcher.py's."""
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 
@@ -16,19 +11,13 @@ import ray
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
 from switchboard.actors import registry
-from switchboard.actors.ops import Operation, Outcome
 from switchboard.actors.ring import Ring
 from switchboard.actors.router import Placement
-from switchboard.errors import Overloaded, SwitchboardError
+from switchboard.errors import SwitchboardError
 from switchboard.settings import Settings
 
 log = logging.getLogger(__name__)
 
-BATCH_MAX = 512
-# One: the shard commits one batch at a time anyway, so a second call in flight would only wait in
-# its queue; holding the operations here instead sends them as one larger batch (measured: W1 p99
-# 78 ms with one in flight against 84-239 ms with two, W2 throughput the same).
-IN_FLIGHT_PER_SHARD = 1
 # A call to a restarting actor fails at once (local.ray_environment), so this pause is most of what
 # a retry adds to a restart; a failed call costs next to nothing.
 RETRY_BACKOFF_S = 0.05
@@ -91,56 +80,3 @@ class ShardDirectory:
                 self._conversation_shards.clear()
             index = self._conversation_shards[conversation_id] = self.ring.conversation_shard(conversation_id)
         return index, self.handles[index]
-
-
-class ShardBatcher:
-    """Queues operations for one shard and submits them in batches, retrying while it restarts."""
-
-    def __init__(self, handle, deadline_s: float):
-        self.handle = handle
-        self.deadline_s = deadline_s
-        self._queue: collections.deque[tuple[Operation, asyncio.Future, float]] = collections.deque()
-        self._in_flight = 0
-        self.calls = 0
-
-    def enqueue(self, operation: Operation) -> asyncio.Future:
-        """Queue the operation; the future resolves with its Outcome (never with an exception)."""
-        future = asyncio.get_running_loop().create_future()
-        self._queue.append((operation, future, time.monotonic() + self.deadline_s))
-        self._pump()
-        return future
-
-    def _pump(self) -> None:
-        while self._queue and self._in_flight < IN_FLIGHT_PER_SHARD:
-            batch = [self._queue.popleft() for _ in range(min(len(self._queue), BATCH_MAX))]
-            self._in_flight += 1
-            asyncio.get_running_loop().create_task(self._call(batch))
-
-    async def _call(self, batch) -> None:
-        try:
-            self.calls += 1
-            outcomes = await self.handle.submit.remote([operation for operation, _, _ in batch])
-            for (_, future, _), outcome in zip(batch, outcomes):
-                _settle(future, outcome)
-        except SHARD_GONE as error:
-            log.warning("shard unavailable (%s); retrying %d operations", type(error).__name__, len(batch))
-            await asyncio.sleep(RETRY_BACKOFF_S)
-            now = time.monotonic()
-            retry = [item for item in batch if item[2] > now]
-            for _, future, _ in (item for item in batch if item[2] <= now):
-                _settle(future, Outcome.failed(Overloaded("the conversation's shard is restarting; retry")))
-            self._queue.extendleft(reversed(retry))
-        except Exception as error:  # a bug on the shard: answer every operation, keep serving
-            cause = unwrap(error)
-            log.exception("shard call failed")
-            failure = cause if isinstance(cause, SwitchboardError) else SwitchboardError("internal error")
-            for _, future, _ in batch:
-                _settle(future, Outcome.failed(failure))
-        finally:
-            self._in_flight -= 1
-            self._pump()
-
-
-def _settle(future: asyncio.Future, outcome: Outcome) -> None:
-    if not future.done():
-        future.set_result(outcome)

@@ -1,4 +1,5 @@
-"""The WebSocket endpoint /v1/ws: authenticate, open a session, pump client frames into it."""
+"""The WebSocket endpoint /v1/ws: check the Origin, hold a pre-auth place, authenticate, open a
+session, pump client frames into it."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from starlette.websockets import WebSocketDisconnect
 
 from switchboard import protocol
 from switchboard.auth import Identity, verify_token
-from switchboard.errors import SwitchboardError
+from switchboard.errors import SwitchboardError, TooManySockets
 
+from . import serve_patches
+from .client_address import client_address, origin_allowed
 from .session import Session
-from .wire_errors import CLOSE_GOING_AWAY, CLOSE_TOO_LARGE, CLOSE_UNAUTHORIZED
+from .wire_errors import CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TOO_LARGE, CLOSE_TRY_AGAIN_LATER, CLOSE_UNAUTHORIZED
 
 log = logging.getLogger(__name__)
 
@@ -27,28 +30,43 @@ class _Closed(Exception):
 @router.websocket("/ws")
 async def websocket_endpoint(websocket: WebSocket):
     core = websocket.app.state.core
+    settings = core.settings
+    if not origin_allowed(websocket.headers.get("origin"), websocket.headers.get("host"), settings.allowed_origins):
+        await websocket.close(code=CLOSE_POLICY)  # before accept: the handshake is refused (HTTP 403)
+        return
     await websocket.accept()
     if core.draining:
         # A late arrival on a replica being removed: send it on at once (HAProxy takes it off
         # this replica within a health check; the client retries with backoff).
         await websocket.close(code=CLOSE_GOING_AWAY, reason="server draining; reconnect with since")
         return
-    try:
-        identity, since = await _authenticate(core, websocket)
-    except _Closed:
-        return
+    address = client_address(websocket.scope, websocket.headers, settings.trusted_proxies)
+    with core.preauth.holding(address) as admitted:
+        if not admitted:
+            await websocket.close(code=CLOSE_TRY_AGAIN_LATER, reason="too many sockets waiting to authenticate")
+            return
+        try:
+            identity, since = await _authenticate(core, websocket)
+        except _Closed:
+            return
+    await _serve(core, websocket, identity, since)
 
+
+async def _serve(core, websocket: WebSocket, identity: Identity, since: int | None) -> None:
     async def send_text(text: str) -> None:
         await websocket.send_text(text)
 
     async def close(code: int, reason: str) -> None:
         await websocket.close(code=code, reason=reason)
 
-    session = Session(core, identity, send_text, close)
+    session = Session(core, identity, send_text, close, abort=lambda: abort_connection(websocket))
     core.sessions.add(session)
     try:
         try:
             await session.open(since)
+        except TooManySockets as error:
+            await websocket.close(code=CLOSE_POLICY, reason=error.message)
+            return
         except Exception as error:
             log.warning("could not attach %s: %s", identity.user_id, error)
             await websocket.close(code=CLOSE_GOING_AWAY, reason="mailbox unavailable; retry")
@@ -72,8 +90,12 @@ async def _authenticate(core, websocket: WebSocket) -> tuple[Identity, int | Non
     if message["type"] == "websocket.disconnect":
         raise _Closed
     text = message.get("text")
+    if text is not None and protocol.frame_too_large(text, settings.max_auth_frame_bytes):
+        await websocket.close(code=CLOSE_TOO_LARGE, reason="auth frame too large")
+        raise _Closed
     try:
-        frame = protocol.parse_client_frame(text if text is not None else "", settings.max_body_bytes)
+        frame = protocol.parse_client_frame(text if text is not None else "", settings.max_body_bytes,
+                                            max_depth=settings.max_json_depth)
         if not isinstance(frame, protocol.AuthFrame):
             raise SwitchboardError("the first frame must be auth")
         identity = verify_token(settings.jwt_secret, frame.token, settings.regions, settings.region)
@@ -97,9 +119,20 @@ async def _read_frames(core, websocket: WebSocket, session: Session) -> None:
                 return
             session.handle_error_frame("invalid", "frames must be text (JSON)")
             continue
-        # A character is at most 4 bytes in UTF-8: only a frame that could be over is encoded.
-        if len(text) * 4 > limit and len(text.encode("utf-8", errors="surrogatepass")) > limit:
+        if protocol.frame_too_large(text, limit):  # the server's own max size catches most first
             await session.close(CLOSE_TOO_LARGE, "frame too large")
             return
         await session.handle_text(text)
 
+
+def abort_connection(websocket: WebSocket) -> None:
+    """Drop the TCP connection at once, with whatever output it still holds: for a client that
+    reads nothing, whose transport is paused so that even a close frame cannot be written. ASGI
+    has no abort; the replica's uvicorn connection from this socket's peer is found and its
+    transport aborted (serve_patches.transport_of). Without one (another server), nothing to do
+    but let the server's own timeouts close it."""
+    transport = serve_patches.transport_of(websocket.scope)
+    if transport is not None:
+        transport.abort()
+    else:
+        log.warning("cannot abort a stalled socket here: it closes by the server's own timeouts")

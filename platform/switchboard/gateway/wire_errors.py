@@ -17,10 +17,14 @@ HTTP_STATUS = {
     Code.INTERNAL: 500,
 }
 
-CLOSE_UNAUTHORIZED = 4001
-CLOSE_POLICY = 4008
-CLOSE_TOO_LARGE = 1009
-CLOSE_GOING_AWAY = 1001
+# PROTOCOL.md's close codes, and the ones this platform adds (documented in docs/SECURITY.md
+# and the README): each tells the client what to do next.
+CLOSE_UNAUTHORIZED = 4001  # bad, missing or expired token: get a fresh one
+CLOSE_POLICY = 4008  # flooding past a rate limit, or too many sockets for this user
+CLOSE_TOO_LARGE = 1009  # a frame over the limit
+CLOSE_GOING_AWAY = 1001  # drain or shutdown: reconnect with since
+CLOSE_TOO_SLOW = 4009  # the client did not read its frames fast enough: reconnect with since
+CLOSE_TRY_AGAIN_LATER = 1013  # too many sockets waiting to authenticate: retry after a backoff
 
 
 def error_body(error: SwitchboardError) -> dict:

@@ -250,9 +250,15 @@ function fetchConversation(id) {
   attempt(async () => upsertConversation(await api("GET", "/conversations/" + id))).then(render);
 }
 
+// The list comes in pages (PROTOCOL.md extension: `limit`, and `next_cursor` until the last).
 async function loadConversations() {
-  const answer = await api("GET", "/conversations");
-  answer.conversations.forEach(upsertConversation);
+  let cursor = null;
+  do {
+    const query = "?limit=200" + (cursor ? "&cursor=" + encodeURIComponent(cursor) : "");
+    const answer = await api("GET", "/conversations" + query);
+    answer.conversations.forEach(upsertConversation);
+    cursor = answer.next_cursor;
+  } while (cursor);
   state.listLoaded = true;
   render();
 }
