@@ -27,7 +27,7 @@ from switchboard import ray_head
 from switchboard.addresses import http_url, ws_url
 from switchboard.auth import DEFAULT_TOKEN_TTL_S
 from switchboard.client_commands import add_client_commands
-from switchboard.settings import Settings, SettingsError, redact_url
+from switchboard.settings import Settings, SettingsError, redact_url, unknown_variables
 from switchboard.state_file import clear_state, read_state, settings_from_state, state_path, write_state
 
 HEALTH_TIMEOUT_S = 3
@@ -132,6 +132,8 @@ def wait_for_signal() -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
+    for line in unknown_variables():
+        print(f"switchboard up: warning: {line}", file=sys.stderr)
     warn_if_dev_secret(settings)
     if not args.foreground:
         return bring_up(settings)

@@ -79,6 +79,18 @@ def test_up_refuses_to_serve_other_machines_with_the_development_secret(tmp_path
     assert done.returncode == 1 and "32 bytes" in done.stderr, done.stderr
 
 
+@pytest.mark.parametrize("name, raw", [("SWITCHBOARD_SEND_RATE_PER_S", "0"), ("SWITCHBOARD_SHARDS_PER_REGION", "0"),
+                                       ("SWITCHBOARD_SEND_TIMEOUT_S", "nan")])
+def test_up_refuses_a_nonsense_setting_in_one_line_naming_it(tmp_path, name, raw):
+    environment = {**os.environ, "SWITCHBOARD_DATA_DIR": str(tmp_path), name: raw}
+    done = subprocess.run([str(VENV_BIN / "switchboard"), "up"], env=environment, capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and name in lines[0] and "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "state.json").exists()  # refused before anything started
+
+
 NAMESPACE_SCRIPT = textwrap.dedent("""
     set -u
     ip link set lo up

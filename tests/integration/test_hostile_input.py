@@ -110,6 +110,8 @@ async def test_a_frame_over_the_limit_after_auth_closes_1009_and_the_next_socket
     await ws.send_raw(json.dumps({"type": "send", "conversation_id": cid, "client_msg_id": "big",
                                   "body": "x" * (200 * 1024)}))
     assert await ws.wait_closed(timeout=10) == 1009
+    # Refused by the server's own WebSocket limit, as the frame arrived (not assembled, then checked).
+    assert f"exceeds limit of {sb.settings.max_frame_bytes} bytes" in ws.close_reason, ws.close_reason
     again = await alice.ws()
     assert (await again.send_and_wait(cid, "after the big one"))["type"] == "sent"
 

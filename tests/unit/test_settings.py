@@ -14,6 +14,7 @@ from switchboard.settings import (
     Settings,
     SettingsError,
     redact_url,
+    unknown_variables,
 )
 
 
@@ -486,3 +487,17 @@ def test_equality_and_hashing_see_every_field():
     assert Settings() == Settings() and hash(Settings()) == hash(Settings())
     assert len({Settings(), Settings(), Settings(jwt_secret=STRONG_SECRET)}) == 2
     assert Settings(jwt_secret=STRONG_SECRET) != Settings(jwt_secret=STRONG_SECRET + "x")
+
+
+def test_an_unknown_switchboard_variable_is_named_with_the_nearest_setting():
+    lines = unknown_variables({"SWITCHBOARD_SHARDS": "0", "SWITCHBOARD_PORT": "1", "PATH": "/bin",
+                               "SWITCHBOARD_HAPROXY_BIND": "127.0.0.1", "SWITCHBOARD_ZZZ": "1"})
+    assert lines == ["SWITCHBOARD_SHARDS is not a Switchboard setting and is ignored; "
+                     "did you mean SWITCHBOARD_SHARDS_PER_REGION?",
+                     "SWITCHBOARD_ZZZ is not a Switchboard setting and is ignored"]
+
+
+def test_every_setting_and_the_documented_other_variables_are_known():
+    environ = {name: "x" for name in ("DATABASE_URL", "SWITCHBOARD_DATA_DIR", "SWITCHBOARD_JWT_SECRET",
+                                      "SWITCHBOARD_RAY_OWNER", "SWITCHBOARD_WEB_SCREENSHOT")}
+    assert unknown_variables(environ) == []
