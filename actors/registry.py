@@ -19,12 +19,32 @@ def shard_name(region: str, index: int) -> str:
     return f"shard:{region}:{index}"
 
 
-def region_resource(region: str) -> str:
-    return f"region:{region}"
+# The Ray node label that puts a node in a region (`ray start --labels region=eu`).
+REGION_LABEL = "region"
+
+
+def labelled_regions() -> set[str]:
+    """The regions that live nodes of this cluster are labelled with (none on a one-node run)."""
+    return {node.get("Labels", {}).get(REGION_LABEL) for node in ray.nodes() if node.get("Alive")} - {None}
+
+
+def region_placement(settings: Settings, region: str, labelled: set[str]) -> dict:
+    """Ray options that keep an actor of `region` on that region's nodes, and on its mirror's
+    nodes once they are all gone: Ray re-evaluates fallback_strategy when it restarts an actor
+    (measured on a labelled Cluster: the actor came back on the mirror's node). Nothing on a
+    cluster with no region labels (a one-node local run keeps every region on its one node)."""
+    if not labelled:
+        return {}
+    options: dict = {"label_selector": {REGION_LABEL: region}}
+    mirror = settings.mirror_of(region)
+    if mirror is not None:
+        options["fallback_strategy"] = [{"label_selector": {REGION_LABEL: mirror}}]
+    return options
 
 
 def actor_options(settings: Settings, name: str, region: str) -> dict:
-    """Named, detached, restarted forever; pinned to the region's nodes where the cluster has them.
+    """Named, detached, restarted forever; on the region's nodes (or its mirror's) where the
+    cluster's nodes carry region labels.
 
     num_cpus=0: these are I/O-bound asyncio processes; on a 2-core node a CPU reservation each
     would leave no room for the Serve replicas. Restarted actors rebuild from PostgreSQL.
@@ -39,9 +59,8 @@ def actor_options(settings: Settings, name: str, region: str) -> dict:
         "num_cpus": 0,
         "get_if_exists": True,
     }
-    resource = region_resource(region)
-    if ray.is_initialized() and resource in ray.cluster_resources():
-        options["resources"] = {resource: 0.001}
+    if ray.is_initialized():
+        options.update(region_placement(settings, region, labelled_regions()))
     return options
 
 

@@ -52,9 +52,16 @@ class Settings:
     # answers (a held lock, a stuck disk) fails that batch instead of stalling its shard.
     db_statement_timeout_s: float = 5.0
 
-    # Topology. Regions are Ray custom resources `region:<name>` on multi-node clusters.
+    # Topology. On a multi-node cluster a region is the nodes labelled `region=<name>` (`ray start
+    # --labels region=eu`); its router and shards run there. `region` is the default region (of
+    # tokens without a claim). The head carries no region: it holds what must not move (Serve's
+    # controller, the GCS), and no region's loss takes it.
     region: str = "local"
     regions: tuple[str, ...] = ("local",)
+    # Each region's mirror as `eu=us,us=ap`: when every node of a region is lost, its actors
+    # restart on its mirror's nodes. A region not listed is mirrored by the next one in `regions`
+    # (the last by the first); a lone region has none.
+    region_mirrors: tuple[str, ...] = ()
     namespace: str = "switchboard"
     # Mailbox-shard actors per region. One per two cores or so: on the 2-core reference machine
     # one shard beats two (no cross-shard delivery hop, larger group commits, one process fewer
@@ -134,6 +141,16 @@ class Settings:
 
     def __post_init__(self) -> None:
         check(self)
+
+    def mirror_of(self, region: str) -> str | None:
+        """The region whose nodes take over `region`'s actors when its own nodes are all lost."""
+        for pair in self.region_mirrors:
+            name, _, mirror = pair.partition("=")
+            if name.strip() == region:
+                return mirror.strip()
+        if len(self.regions) < 2 or region not in self.regions:
+            return None
+        return self.regions[(self.regions.index(region) + 1) % len(self.regions)]
 
     @property
     def is_dev_secret(self) -> bool:

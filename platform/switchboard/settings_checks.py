@@ -209,6 +209,7 @@ def _check_names(settings: Settings) -> None:
     for region in settings.regions:
         if not REGION_NAME_RE.fullmatch(region):
             raise SettingsError(f"{variable_name('regions')} holds {region!r}, which is not a region name: {rule}")
+    _check_mirrors(settings)
     for origin in settings.allowed_origins:
         if not _is_origin(origin):
             raise SettingsError(f"{variable_name('allowed_origins')} holds {origin!r}, which is not an origin: "
@@ -219,6 +220,19 @@ def _check_names(settings: Settings) -> None:
         except ValueError:
             raise SettingsError(f"{variable_name('trusted_proxies')} holds {proxy!r}, which is not a network: "
                                 f"it must be an address or CIDR network such as 10.0.0.0/8") from None
+
+
+def _check_mirrors(settings: Settings) -> None:
+    name = variable_name("region_mirrors")
+    seen = set()
+    for pair in settings.region_mirrors:
+        region, equals, mirror = (part.strip() for part in pair.partition("="))
+        if not equals or region not in settings.regions or mirror not in settings.regions or region == mirror:
+            raise SettingsError(f"{name} holds {pair!r}: each entry must be region=mirror, two different regions "
+                                f"of {variable_name('regions')}")
+        if region in seen:
+            raise SettingsError(f"{name} names a mirror for {region!r} twice")
+        seen.add(region)
 
 
 def _is_origin(origin: str) -> bool:

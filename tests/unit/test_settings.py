@@ -501,3 +501,21 @@ def test_every_setting_and_the_documented_other_variables_are_known():
     environ = {name: "x" for name in ("DATABASE_URL", "SWITCHBOARD_DATA_DIR", "SWITCHBOARD_JWT_SECRET",
                                       "SWITCHBOARD_RAY_OWNER", "SWITCHBOARD_WEB_SCREENSHOT")}
     assert unknown_variables(environ) == []
+
+
+def test_a_regions_mirror_is_the_next_region_by_default():
+    settings = Settings(region="eu", regions=("eu", "us", "ap"))
+    assert [settings.mirror_of(r) for r in ("eu", "us", "ap")] == ["us", "ap", "eu"]
+    assert Settings().mirror_of("local") is None  # a lone region has no mirror
+
+
+def test_listed_mirrors_win_over_the_default():
+    settings = Settings.from_env({"SWITCHBOARD_REGIONS": "eu,us,ap", "SWITCHBOARD_REGION": "eu",
+                                  "SWITCHBOARD_REGION_MIRRORS": "eu=ap, ap = us"})
+    assert [settings.mirror_of(r) for r in ("eu", "us", "ap")] == ["ap", "ap", "us"]  # us: the next
+
+
+@pytest.mark.parametrize("mirrors", [("eu=eu",), ("eu=mars",), ("mars=eu",), ("eu",), ("eu=us", "eu=ap")])
+def test_mirrors_that_name_no_other_region_are_refused(mirrors):
+    with pytest.raises(SettingsError, match="SWITCHBOARD_REGION_MIRRORS"):
+        Settings(region="eu", regions=("eu", "us", "ap"), region_mirrors=mirrors)

@@ -1,10 +1,10 @@
 """A local multi-node Ray cluster for the chaos run (ray.cluster_utils.Cluster on one machine).
 
-The head node carries no region resource: the driver, Serve's controller, its proxy and the gateway
+The head node carries no region label: the driver, Serve's controller, its proxy and the gateway
 replicas (which ask for the head's own INGRESS_RESOURCE) stay there.
-The worker nodes carry `region:<region>`, so the region's router and shards are placed on them
-(actors/registry.py pins actors to nodes with that resource). Removing a worker node kills the
-actors on it; Ray restarts them on the other worker; then a fresh worker is added.
+The worker nodes carry the label `region=<region>` (the regions in turn), so each region's router
+and shards are placed on them (actors/registry.py). Removing a worker node kills the actors on it;
+Ray restarts them on another worker of the region (or of its mirror); then a fresh worker is added.
 
 Ray's own processes read the platform's environment (switchboard.local.ray_environment) when they
 start, so it is put in os.environ before the first node starts.
@@ -51,6 +51,7 @@ INGRESS_RESOURCE = "switchboard-ingress"
 class WorkerNode:
     node: object  # ray._private.node.Node
     number: int
+    region: str
 
     @property
     def node_id(self) -> str:
@@ -134,15 +135,17 @@ class LocalCluster:
             self.add_worker()
         self.cluster.wait_for_nodes()
 
-    def add_worker(self) -> WorkerNode:
+    def add_worker(self, region: str | None = None) -> WorkerNode:
+        """A worker node of `region` (default: the regions in turn, one per node added)."""
+        region = region or self.settings.regions[self._added % len(self.settings.regions)]
         self._added += 1
         node = self.cluster.add_node(
             num_cpus=self.cpus_per_node,
             node_ip_address=LOOPBACK,
-            resources={registry.region_resource(region): 1000 for region in self.settings.regions},
+            labels={registry.REGION_LABEL: region},
             object_store_memory=WORKER_OBJECT_STORE_BYTES,
         )
-        worker = WorkerNode(node=node, number=self._added)
+        worker = WorkerNode(node=node, number=self._added, region=region)
         self.workers.append(worker)
         return worker
 

@@ -1,0 +1,45 @@
+"""Regions on labelled nodes, and a region's loss (issue #10 points 1 and 4, the actors' half):
+switchboard.chaos.region_probe as a subprocess (it needs a multi-node Ray cluster of its own,
+while other tests share a Ray instance in this process). Every region's router and shards start
+on their own region's node, never on the head; when every node of a region is removed, its router
+and shards come back on its mirror's node and answer healthy (recovered from PostgreSQL), and the
+other regions stay healthy throughout."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+RUN_TIMEOUT_S = 300
+pytestmark = pytest.mark.timeout(RUN_TIMEOUT_S + 30)
+REPO = Path(__file__).resolve().parents[2]
+
+
+def probe(*arguments: str) -> dict:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    done = subprocess.run([sys.executable, "-m", "switchboard.chaos.region_probe", *arguments], cwd=REPO,
+                          env=environment, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+                          stdin=subprocess.DEVNULL)
+    lines = done.stdout.strip().splitlines()
+    assert lines, f"no output (exit {done.returncode}):\n{done.stderr[-4000:]}"
+    result = json.loads(lines[-1])
+    assert "error" not in result and done.returncode == 0, (result, done.stderr[-4000:])
+    return result
+
+
+def test_each_regions_actors_run_on_its_nodes_and_move_to_the_mirror_when_they_are_lost():
+    result = probe("--regions", "eu,us,ap", "--lose", "us", "--shards", "2")
+    print(f"\nregion takeover: {result['lost']} -> {result['mirror']} in {result['takeover_s']} s")
+    for name, region in result["before"].items():
+        assert region == name.split(":")[1], (name, region)  # router:eu / shard:eu:0 on an eu node
+    assert result["mirror"] == "ap"  # the next region in the list
+    for name, region in result["after"].items():
+        home = name.split(":")[1]
+        assert region == ("ap" if home == "us" else home), (name, region)
+    assert result["others_healthy"]
+    assert result["takeover_s"] < 30, result
