@@ -15,6 +15,8 @@ What it does for the application (PROTOCOL.md, "Connecting" and "Guarantees"):
   drops any mailbox event whose cursor is not above the last one taken in; such drops are counted
   in `stats.dropped_events` (a correct server never causes one).
 - Asks the token source again for every session: pass a callable where tokens expire.
+- Takes one gateway URL or several (say, one per region): a session that cannot be opened on one
+  is tried on the next, resuming with `since` (gateways.py).
 
 A `recorder` (recorder.py) sees every frame the server sent, per session, before the client
 filters anything, and every send attempt: the hook for tools that check the server, not the client.
@@ -31,10 +33,9 @@ import dataclasses
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
 
-from .address import http_url, ws_url
 from .backoff import Backoff
 from .connection import CONNECT_TIMEOUT_S, Connection
 from .errors import (
@@ -58,6 +59,7 @@ from .events import (
     ServerError,
     TypingEvent,
 )
+from .gateways import GatewayList
 from .http import HttpApi
 from .recorder import Recorder
 from .tokens import TokenSource, current_token
@@ -104,13 +106,12 @@ class _PendingSend:
 
 
 class Client:
-    def __init__(self, url: str, token: TokenSource, *, since: int | None = None,
+    def __init__(self, url: str | Sequence[str], token: TokenSource, *, since: int | None = None,
                  backoff: Backoff | None = None, recorder: Recorder | None = None,
                  ack_every: int | None = ACK_EVERY, connect_timeout_s: float = CONNECT_TIMEOUT_S,
                  keepalive_s: float | None = 20.0, max_frame_bytes: int = MAX_FRAME_BYTES,
                  opener: Opener | None = None):
-        self.url = http_url(url)
-        self._ws_url = ws_url(url)
+        self.gateways = GatewayList(url)
         self._token = token
         self._backoff = backoff or Backoff()
         self._recorder = recorder
@@ -135,22 +136,33 @@ class Client:
         self._session = 0  # the number of the newest session attempt
         self._runner: asyncio.Task | None = None
         self._closing = False
-        self._api: HttpApi | None = None
+        self._apis: dict[str, HttpApi] = {}
+
+    @property
+    def url(self) -> str:
+        """The http(s) base URL of the gateway in use (the first one until a failover)."""
+        return self.gateways.http_url
 
     # ---- life cycle ----------------------------------------------------------------------------
 
     async def connect(self) -> Client:
         """Open the first session, then keep one up in the background until close(). The first
-        attempt is not retried: ConnectError if the platform is unreachable, ApiError
-        ("unauthorized") if the token is refused."""
+        attempt is tried once on each gateway URL, in order: ConnectError if none can be reached,
+        ApiError ("unauthorized") if the token is refused."""
         if self._runner is not None:
             raise ClientError("already connected")
-        try:
-            conn = await self._open_session()
-        except SessionClosed as closed:
-            if closed.code == CLOSE_UNAUTHORIZED:
-                raise _refusal(closed) from None
-            raise
+        for tries_left in range(len(self.gateways) - 1, -1, -1):
+            try:
+                conn = await self._open_session()
+                break
+            except SessionClosed as closed:
+                if closed.code == CLOSE_UNAUTHORIZED:
+                    raise _refusal(closed) from None
+                if not tries_left:
+                    raise
+            except ClientError:
+                if not tries_left:
+                    raise
         self._runner = asyncio.create_task(self._run(conn), name=f"switchboard-client-{self.user_id}")
         return self
 
@@ -175,8 +187,8 @@ class Client:
             self._runner.cancel()  # between sessions (backing off, connecting), or stuck
             await asyncio.gather(self._runner, return_exceptions=True)
         self._stop(ClientClosed("the client was closed"))
-        if self._api is not None:
-            await self._api.aclose()
+        for api in self._apis.values():
+            await api.aclose()
 
     @property
     def connected(self) -> bool:
@@ -184,10 +196,11 @@ class Client:
 
     @property
     def api(self) -> HttpApi:
-        """The HTTP API with the same base URL and token source (closed with the client)."""
-        if self._api is None:
-            self._api = HttpApi(self.url, self._token)
-        return self._api
+        """The HTTP API of the gateway in use, with the same token source (closed with the client)."""
+        api = self._apis.get(self.url)
+        if api is None:
+            api = self._apis[self.url] = HttpApi(self.url, self._token)
+        return api
 
     # ---- sending -------------------------------------------------------------------------------
 
@@ -309,10 +322,12 @@ class Client:
             on_frame = partial(self._recorder.frame_received, number)
         try:
             token = await current_token(self._token)
-            conn = await self._open(self._ws_url, token, since, timeout_s=self._connect_timeout_s,
+            conn = await self._open(self.gateways.ws_url, token, since, timeout_s=self._connect_timeout_s,
                                     on_frame=on_frame, keepalive_s=self._keepalive_s)
         except ClientError as error:
             self.stats.failed_attempts += 1
+            if not (isinstance(error, SessionClosed) and error.code == CLOSE_UNAUTHORIZED):
+                self.gateways.failed()  # the next attempt goes to the next gateway
             if self._recorder is not None:
                 code = error.code if isinstance(error, SessionClosed) else None
                 self._recorder.session_closed(number, code, str(error))
