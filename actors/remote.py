@@ -24,7 +24,7 @@ from switchboard.storage.database import make_engine, warm_up
 from switchboard.storage.sql_store import SqlStore
 from switchboard.tuning import tune_interpreter
 
-from . import registry
+from . import handback, registry
 from .budgets import Budget
 from .checkpoint import decode_router, encode_router
 from .periodic import checkpoint_periodically
@@ -108,6 +108,7 @@ class ShardActor:
     def __init__(self, settings: Settings, database_url: str, region: str, index: int, shard_count: int):
         self.clock = StartupClock()  # the constructor starts once Ray has unpickled (imported) the class
         self.index = index
+        self.send_timeout_s = settings.send_timeout_s
         tune_interpreter()
         self.engine = make_engine(database_url, pool_size=4, statement_timeout_s=settings.db_statement_timeout_s)
         self.shard = MailboxShard(
@@ -196,6 +197,13 @@ class ShardActor:
     @after_start
     async def checkpoint(self):
         return await self.shard.checkpoint()
+
+    @after_start
+    async def prepare_handoff(self):
+        """Before a planned move (actors/handback.py): commit and answer what is queued, then
+        checkpoint, so the restart at home replays next to nothing."""
+        drained = await self.shard.drain(self.send_timeout_s)
+        return {"drained": drained, **(await self.shard.checkpoint())}
 
     async def health(self):
         """Answers during a restore too (then not ok): a gateway's /v1/health asks it."""
@@ -290,10 +298,39 @@ class RouterActor:
         except RuntimeError:
             return
         self._housekeeping = asyncio.create_task(self._retention_loop())
+        self._handback = asyncio.create_task(self._handback_loop())
         if self.settings.checkpoint_interval_s > 0:
             self._checkpointing = asyncio.create_task(checkpoint_periodically(
                 self.settings.checkpoint_interval_s, lambda: (self.router.placement, self.router.retention_last_run),
                 self.checkpoint, self.router.owner))
+
+    async def _handback_loop(self) -> None:
+        while True:
+            await asyncio.sleep(handback.CHECK_INTERVAL_S)
+            try:
+                await self._hand_back()
+            except Exception as error:
+                log.warning("hand back of %s: %s", self.router.placement.region, error)
+
+    async def _hand_back(self) -> None:
+        """Move this region's actors home once its nodes are back (actors/handback.py)."""
+        region = self.router.placement.region
+        shard_names = list(self.router.placement.shard_names)
+        labelled = await asyncio.to_thread(registry.labelled_regions)
+        if region not in labelled:
+            return
+        locations = await asyncio.to_thread(handback.actor_regions, self.settings.namespace,
+                                            shard_names + [self.router.owner])
+        for name in handback.away_from_home(region, locations, labelled):
+            if name == self.router.owner:  # last: checkpoint, then restart at home
+                await self.checkpoint()
+                log.warning("router of %s moves home", region)
+                ray.kill(ray.get_runtime_context().current_actor, no_restart=False)
+                return
+            shard = self.shards[shard_names.index(name)]
+            pause = await handback.move_home(name, shard, self.settings.namespace, region,
+                                             shard.prepare_handoff.remote)
+            log.warning("%s moved home to %s: %.2f s without answers", name, region, pause)
 
     async def _retention_loop(self) -> None:
         while True:

@@ -212,6 +212,16 @@ class MailboxShard:
 
     # ---- health and figures ------------------------------------------------------------------
 
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait until nothing is queued or committing (before a planned move), for up to
+        timeout_s: every operation accepted so far is then committed and answered."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.queue) or self.queue.commit_started is not None:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
     def health(self) -> dict:
         problem = self.queue.health(self.send_timeout_s)
         return {"ok": problem is None, "problem": problem, "queued": len(self.queue)}

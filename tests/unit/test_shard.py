@@ -196,3 +196,27 @@ async def test_typing_during_an_outage_is_overloaded(shard, make_shard, store):
     restarted = make_shard()  # nothing cached: it must read the conversation
     store.fail_with = StorageUnavailable("database went away")
     assert (await restarted.typing(CID, LOCAL_A)).error.code == Code.OVERLOADED
+
+
+# ---- a planned move --------------------------------------------------------------------------
+
+async def test_drain_waits_until_every_accepted_send_is_committed_and_answered(shard, store):
+    import threading
+
+    gate = threading.Event()
+    apply = store.apply
+
+    def slow_apply(batch, timeout_s=None):  # the writer thread waits here until the gate opens
+        gate.wait(5)
+        apply(batch, timeout_s)
+
+    store.apply = slow_apply
+    accepted = asyncio.create_task(shard.submit(sends(3)))
+    await asyncio.sleep(0.05)
+    assert not await shard.drain(0.1)  # still committing: not drained within the time given
+    draining = asyncio.create_task(shard.drain(5))
+    await asyncio.sleep(0.05)
+    assert not draining.done()
+    gate.set()
+    assert await draining
+    assert accepted.done() and [o.value["seq"] for o in accepted.result()] == [1, 2, 3]

@@ -55,6 +55,35 @@ def healthy(settings: Settings, region: str) -> bool:
     return all(answer.get("ok") for answer in answers)
 
 
+def hand_back(cluster: LocalCluster, settings: Settings, region: str) -> dict:
+    """The region's node returns: time until its router moves its actors home (planned handoff)
+    and every one answers healthy there, and the longest gap in answers of each shard meanwhile."""
+    cluster.add_worker(region)
+    returned_at = time.monotonic()
+    names = region_actors(settings, region)
+    shards = [registry.get_actor(settings, name) for name in names[1:]]
+    last_answer = dict.fromkeys(range(len(shards)), time.monotonic())
+    longest_gap = dict.fromkeys(range(len(shards)), 0.0)
+    deadline = returned_at + TAKEOVER_WAIT_S
+    while True:
+        for index, shard in enumerate(shards):
+            try:
+                if ray.get(shard.health.remote(), timeout=0.5).get("ok"):
+                    now = time.monotonic()
+                    longest_gap[index] = max(longest_gap[index], now - last_answer[index])
+                    last_answer[index] = now
+            except Exception:
+                pass
+        now_at = placement(cluster, settings)
+        if all(now_at[name] == region for name in names) and healthy(settings, region):
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{region}'s actors did not move home within {TAKEOVER_WAIT_S} s: {now_at}")
+        time.sleep(0.05)
+    return {"handback_s": round(time.monotonic() - returned_at, 2), "home": now_at,
+            "handback_pause_s": round(max(longest_gap.values()), 2)}
+
+
 def run(regions: tuple[str, ...], lose: str, shards: int) -> dict:
     from switchboard.actors.remote import start_region
     from switchboard.local import prepare_database, resolve_database, stop_database
@@ -95,6 +124,7 @@ def run(regions: tuple[str, ...], lose: str, shards: int) -> dict:
         result["takeover_s"] = round(time.monotonic() - lost_at, 2)
         result["after"] = now_at
         result["others_healthy"] = all(healthy(settings, region) for region in regions if region != lose)
+        result.update(hand_back(cluster, settings, lose))
     except Exception as error:
         result["error"] = f"{type(error).__name__}: {error}"
     finally:

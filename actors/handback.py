@@ -1,0 +1,81 @@
+"""Hand back: when a region's nodes return after its actors were taken over by its mirror's nodes,
+its router moves them home by a planned handoff, never by waiting for a crash.
+
+Each actor away from home, shards first and one at a time (so the region is never short of more
+than one), then the router itself:
+  1. drain: the shard's queued operations are committed and answered (bounded by the send timeout);
+  2. checkpoint: the state is written to PostgreSQL, so the restart at home replays next to nothing;
+  3. stop: Ray kills the process and restarts it; its label_selector prefers the home region's
+     nodes over the mirror's fallback (measured: the restarted actor lands at home);
+  4. start at home: it restores from the checkpoint; gateways, whose calls failed meanwhile, retry
+     them there (every operation is idempotent) and re-attach their sockets (as after any restart).
+The fence in PostgreSQL (the sequencer's `last_seq` check) still holds whatever the timing: a
+stopped process that had a commit in flight cannot make a second sequencer's commit pass.
+
+The plan is a plain function; the loop runs in the router (actors/remote.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import ray
+
+from . import registry
+
+log = logging.getLogger(__name__)
+
+# How often a router looks whether its region's nodes are back (and its actors away).
+CHECK_INTERVAL_S = 2.0
+# How long a moved shard may take to answer healthy at home before the next one moves.
+HOME_WAIT_S = 60.0
+
+
+def away_from_home(home: str, locations: dict[str, str | None], labelled: set[str]) -> list[str]:
+    """The actors (by name) to move home, in order: shards, then the router. Nothing unless the
+    home region has live nodes; an actor whose node is unknown (restarting) waits for a later look."""
+    if home not in labelled:
+        return []
+    away = [name for name, region in locations.items() if region is not None and region != home]
+    return sorted(away, key=lambda name: (name.startswith("router:"), name))
+
+
+def node_regions() -> dict[str, str]:
+    """node id -> region label, for the live labelled nodes."""
+    return {node["NodeID"]: node.get("Labels", {}).get(registry.REGION_LABEL)
+            for node in ray.nodes() if node.get("Alive") and node.get("Labels", {}).get(registry.REGION_LABEL)}
+
+
+def actor_regions(namespace: str, names: list[str]) -> dict[str, str | None]:
+    """Each named actor's node region (None: not alive now, or on a node with no region)."""
+    regions = node_regions()
+    found: dict[str, str | None] = dict.fromkeys(names)
+    wanted = set(names)
+    for actor in ray._private.state.actors().values():  # the GCS table: needs no dashboard
+        if actor.get("Name") in wanted and actor.get("State") == "ALIVE" and \
+                actor.get("RayNamespace", namespace) == namespace:
+            found[actor["Name"]] = regions.get(actor["Address"]["NodeID"])
+    return found
+
+
+async def move_home(name: str, handle, namespace: str, home: str, prepare: Callable[[], Awaitable[object]]) -> float:
+    """Drain and checkpoint (prepare), stop; wait until it answers from a home node. Returns the
+    seconds from the stop to its first healthy answer at home (the pause its callers saw)."""
+    await prepare()
+    stopped = time.monotonic()
+    ray.kill(handle, no_restart=False)
+    deadline = stopped + HOME_WAIT_S
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        if (await asyncio.to_thread(actor_regions, namespace, [name])).get(name) != home:
+            continue
+        try:
+            answer = await asyncio.wait_for(handle.health.remote(), 2.0)
+        except Exception:
+            continue
+        if answer.get("ok"):
+            return time.monotonic() - stopped
+    raise TimeoutError(f"{name} did not come back home to {home} within {HOME_WAIT_S} s")
