@@ -12,6 +12,7 @@ Kinds:
   pg_terminate  pg_terminate_backend on every other connection to the platform's database
   pg_restart    the embedded PostgreSQL stopped, left down a few seconds, started again on the same
                 data directory (impossible with DATABASE_URL: then the fault is skipped, and says so)
+  region_loss, region_return   see region_faults.py
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class FaultContext:
     cluster: LocalCluster
     database_url: str
     embedded_postgres: bool
+    lost_regions: list[str] = dataclasses.field(default_factory=list)  # region_loss, for region_return
 
 
 def _struck(kind: str, **fields) -> FaultRecord:
@@ -247,10 +249,16 @@ def _libpq_url(database_url: str) -> str:
     return sqlalchemy_url(database_url).replace("postgresql+psycopg://", "postgresql://", 1)
 
 
+# The region faults build on the classes above (imported here, once those exist).
+from .region_faults import RegionLoss, RegionReturn  # noqa: E402
+
 FAULTS: dict[str, type[Fault]] = {
-    fault.kind: fault for fault in (ShardKill, RouterKill, GatewayKill, NodeRemove, NodeAdd, PgTerminate, PgRestart)
+    fault.kind: fault for fault in (ShardKill, RouterKill, GatewayKill, NodeRemove, NodeAdd, PgTerminate, PgRestart,
+                                    RegionLoss, RegionReturn)
 }
 DEFAULT_ORDER = ("shard_kill", "router_kill", "gateway_kill", "node_remove", "node_add", "pg_terminate", "pg_restart")
+# Added to the default order when the run has several regions (a lone region has no mirror).
+REGION_ORDER = ("region_loss", "region_return")
 
 
 def build_faults(kinds: list[str]) -> list[Fault]:

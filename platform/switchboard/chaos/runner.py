@@ -39,11 +39,19 @@ from switchboard.settings import Settings
 from switchboard.storage.database import make_engine
 
 from .cluster import INGRESS_RESOURCE, LocalCluster
-from .faults import DEFAULT_ORDER, FAULTS, FaultContext, FaultRecord, await_restart, build_faults
+from .faults import DEFAULT_ORDER, FAULTS, REGION_ORDER, FaultContext, FaultRecord, await_restart, build_faults
 from .history import Report, check_history
 from .seeding import seed_mailboxes
 from .snapshot import database_state, mailbox_heads
-from .timings import OutageReport, Recovery, outage_report, shard_recoveries, summarize
+from .timings import (
+    OutageReport,
+    Recovery,
+    outage_report,
+    send_pauses,
+    shard_recoveries,
+    summarize,
+    summarize_seconds,
+)
 from .traffic import Traffic
 
 log = logging.getLogger(__name__)
@@ -60,9 +68,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="scripts/chaos", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=600.0, help="seconds of traffic under faults (default 600)")
-    parser.add_argument("--faults", default=",".join(DEFAULT_ORDER),
+    parser.add_argument("--faults", default=None,
                         help=f"comma-separated kinds, injected in this order, repeatedly "
-                             f"(default {','.join(DEFAULT_ORDER)})")
+                             f"(default {','.join(DEFAULT_ORDER)}, and {','.join(REGION_ORDER)} with several regions)")
+    parser.add_argument("--regions", default="local",
+                        help="comma-separated regions, one worker node each (default: local, two nodes); "
+                             "with several, the faults default adds region_loss and region_return")
     parser.add_argument("--interval", type=float, default=20.0, help="seconds between faults (default 20)")
     parser.add_argument("--users", type=int, default=20, help="users sending (default 20)")
     parser.add_argument("--rate", type=float, default=2.0, help="sends per second per user (default 2)")
@@ -74,6 +85,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dump", metavar="PATH", help="write every client's log (each connection's frames, "
                         "each send's attempts) and the fault records to PATH as JSON, for a closer look")
     args = parser.parse_args(argv)
+    args.regions = tuple(region.strip() for region in args.regions.split(",") if region.strip())
+    if not args.regions:
+        parser.error("--regions needs at least one region")
+    if args.faults is None:
+        args.faults = ",".join(DEFAULT_ORDER + (REGION_ORDER if len(args.regions) > 1 else ()))
     args.faults = [kind.strip() for kind in args.faults.split(",") if kind.strip()]
     unknown = [kind for kind in args.faults if kind not in FAULTS]
     if unknown:
@@ -103,8 +119,8 @@ class ChaosRun:
             port=free_port(),
             data_dir=self.data_dir,
             namespace=f"switchboard-chaos-{self.run_id}",
-            region="local",
-            regions=("local",),
+            region=args.regions[0],
+            regions=args.regions,
             shards_per_region=args.shards,
             # Two gateway replicas on the head node: a gateway_kill drops half the clients, who
             # resume on the other at once, and a node_remove takes shards, never a replica (when it
@@ -117,7 +133,9 @@ class ChaosRun:
             send_burst=int(SEND_RATE_PER_S),
         )
         self.ring = Ring(args.shards)
-        self.cluster = LocalCluster(self.settings)
+        # One worker node per region when there are several (a region's loss is its node's), two
+        # for a lone region (a node_remove then moves its shards to the other).
+        self.cluster = LocalCluster(self.settings, workers=len(args.regions) if len(args.regions) > 1 else 2)
         self.records: list[FaultRecord] = []
         self.setup_notes: list[str] = []
         self.notes: list[str] = []  # what kept the run from completing (a failed check by itself)
@@ -127,7 +145,8 @@ class ChaosRun:
 
         from switchboard.local import prepare_database, resolve_database, start_platform
 
-        progress("starting a Ray cluster: a head node and 2 worker nodes with the region")
+        progress(f"starting a Ray cluster: a head node and {self.cluster.worker_count} worker nodes labelled "
+                 f"with the regions {','.join(self.settings.regions)}")
         self.cluster.start()
         # One proxy, on the head: every node of this cluster shares the machine's loopback, so a
         # proxy per node would fight over the one port.
@@ -227,7 +246,7 @@ class ChaosRun:
 # ---- the report ---------------------------------------------------------------------------------
 
 def figures(report: Report, records: list[FaultRecord], recoveries: list[Recovery], outage: OutageReport,
-            failures: list[str], notes: list[str]) -> dict:
+            failures: list[str], notes: list[str], pauses: list[float]) -> dict:
     counted = collections.Counter(r.kind for r in records if not r.skipped)
     skipped = collections.Counter(r.kind for r in records if r.skipped)
     return {
@@ -239,6 +258,8 @@ def figures(report: Report, records: list[FaultRecord], recoveries: list[Recover
         "duplicates": report.duplicates,
         "unanswered": report.unanswered,
         "recovery_s": summarize(recoveries),
+        "takeover_s": summarize([r for r in recoveries if r.kind == "region_loss"]),
+        "handback_pause_s": summarize_seconds(pauses),
         "violations": len(report.violations),
         "violations_by_guarantee": {str(g): len(v) for g, v in report.by_guarantee().items()},
         "resyncs": report.resyncs,
@@ -345,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.dump:
         dump(args.dump, traffic, run.records)
     if args.json:
-        print(json.dumps(figures(report, run.records, recoveries, outage, failures, incomplete)), flush=True)
+        pauses = send_pauses(run.records, traffic.timeline, "region_return")
+        print(json.dumps(figures(report, run.records, recoveries, outage, failures, incomplete, pauses)), flush=True)
     return 0 if _passed(report, outage, failures, incomplete) else 1
 
 

@@ -61,10 +61,7 @@ def shard_recoveries(records: list[FaultRecord], timeline: Timeline, ring: Ring)
 
 
 def summarize(recoveries: list[Recovery]) -> dict:
-    seconds = [r.seconds for r in recoveries if r.seconds is not None]
-    if not seconds:
-        return {"median": None, "max": None}
-    return {"median": round(statistics.median(seconds), 3), "max": round(max(seconds), 3)}
+    return summarize_seconds([r.seconds for r in recoveries if r.seconds is not None])
 
 
 @dataclasses.dataclass
@@ -139,3 +136,31 @@ def outage_report(records: list[FaultRecord], timeline: Timeline, send_timeout_s
         if back:
             report.recovered_s.append(min(back))
     return report
+
+
+def send_pauses(records: list[FaultRecord], timeline: Timeline, kind: str) -> list[float]:
+    """For each fault of `kind` (a hand back): the longest a send waited for its `sent`, among the
+    sends first attempted from the fault until a second after its shards had all started again."""
+    first_attempt: dict[str, float] = {}
+    for attempt in timeline.attempts:
+        first_attempt.setdefault(attempt.client_msg_id, attempt.at)
+    committed: dict[str, float] = {}
+    for answer in timeline.answers:
+        if answer.kind == "sent":
+            committed.setdefault(answer.client_msg_id, answer.at)
+    pauses = []
+    for record in records:
+        if record.kind != kind or record.skipped or record.restarted_wall_ms is None:
+            continue
+        window_end = record.at + (record.restarted_wall_ms - record.wall_ms) / 1000 + 1.0
+        waits = [committed[cid] - at for cid, at in first_attempt.items()
+                 if record.at <= at <= window_end and cid in committed]
+        if waits:
+            pauses.append(max(waits))
+    return pauses
+
+
+def summarize_seconds(seconds: list[float]) -> dict:
+    if not seconds:
+        return {"median": None, "max": None}
+    return {"median": round(statistics.median(seconds), 3), "max": round(max(seconds), 3)}
