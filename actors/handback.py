@@ -61,9 +61,25 @@ def actor_regions(namespace: str, names: list[str]) -> dict[str, str | None]:
     return found
 
 
+@ray.remote(num_cpus=0)
+def _warm_up() -> int:
+    return 0
+
+
+async def warm_worker(home: str) -> None:
+    """Have a worker process ready on a home node before the stop: a task leaves its worker idle
+    in the node's pool, and the restarted actor can take it instead of starting a process (most
+    of a move's pause on a busy machine). Best effort."""
+    try:
+        await asyncio.wait_for(_warm_up.options(label_selector={registry.REGION_LABEL: home}).remote(), 10.0)
+    except Exception as error:
+        log.info("no worker warmed up in %s: %s", home, error)
+
+
 async def move_home(name: str, handle, namespace: str, home: str, prepare: Callable[[], Awaitable[object]]) -> float:
     """Drain and checkpoint (prepare), stop; wait until it answers from a home node. Returns the
     seconds from the stop to its first healthy answer at home (the pause its callers saw)."""
+    await warm_worker(home)
     await prepare()
     stopped = time.monotonic()
     ray.kill(handle, no_restart=False)

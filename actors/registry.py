@@ -42,6 +42,21 @@ def region_placement(settings: Settings, region: str, labelled: set[str]) -> dic
     return options
 
 
+def placement_problem(settings: Settings, labelled: set[str]) -> str | None:
+    """Why some region's actors could not be placed on this cluster (None if they all can): on a
+    cluster whose nodes carry region labels, a region with no node of its own and none of its
+    mirror's would wait for a node forever."""
+    if not labelled:
+        return None
+    for region in settings.regions:
+        mirror = settings.mirror_of(region)
+        if region not in labelled and mirror not in labelled:
+            return (f"no live node is labelled region={region}" + (f" or region={mirror} (its mirror)" if mirror else "")
+                    + f"; the nodes' regions are {', '.join(sorted(labelled))}: set SWITCHBOARD_REGIONS to those, "
+                    f"or start nodes with `ray start --labels region={region}`")
+    return None
+
+
 def actor_options(settings: Settings, name: str, region: str) -> dict:
     """Named, detached, restarted forever; on the region's nodes (or its mirror's) where the
     cluster's nodes carry region labels.

@@ -18,7 +18,7 @@ from switchboard.actors import registry
 from switchboard.actors.remote import start_region
 from switchboard.addresses import http_url, ws_url
 from switchboard.ray_loopback import LOOPBACK, keep_ray_on_loopback
-from switchboard.settings import Settings
+from switchboard.settings import Settings, SettingsError
 from switchboard.storage.database import make_engine, migrate, start_embedded_postgres, stop_embedded_postgres
 
 log = logging.getLogger(__name__)
@@ -139,6 +139,9 @@ def start_platform(settings: Settings, ray_address: str | None = None, keep_post
     prepare_database(database_url)
     if not ray.is_initialized():
         init_ray(settings, ray_address)
+    problem = registry.placement_problem(settings, registry.labelled_regions())
+    if problem is not None:
+        raise SettingsError(problem)
     routers = [start_region(settings, database_url, region) for region in settings.regions]
     ray.get([router.ready.remote() for router in routers], timeout=READY_TIMEOUT_S)
     from switchboard.gateway.app import deploy

@@ -35,3 +35,13 @@ def test_a_lone_region_has_no_fallback():
 
 def test_no_labels_no_constraint():
     assert region_placement(THREE, "eu", set()) == {}
+
+
+def test_a_region_without_its_own_nodes_or_its_mirrors_is_a_placement_problem():
+    from switchboard.actors.registry import placement_problem
+
+    assert placement_problem(THREE, set()) is None  # no labels: one node for everything
+    assert placement_problem(THREE, {"eu", "us", "ap"}) is None
+    assert placement_problem(THREE, {"eu", "ap"}) is None  # us is taken over by ap, its mirror
+    problem = placement_problem(Settings(), {"eu", "us"})  # labelled nodes, but the default region "local"
+    assert problem is not None and "region=local" in problem and "SWITCHBOARD_REGIONS" in problem

@@ -136,8 +136,14 @@ class LocalCluster:
         self.cluster.wait_for_nodes()
 
     def add_worker(self, region: str | None = None) -> WorkerNode:
-        """A worker node of `region` (default: the regions in turn, one per node added)."""
-        region = region or self.settings.regions[self._added % len(self.settings.regions)]
+        """A worker node of `region` (default: the region with the fewest nodes, the first of
+        those in the settings' order: so a node_add after a node_remove refills the region that
+        lost one, instead of leaving it and its mirror to the next loss)."""
+        if region is None:
+            counts = {name: 0 for name in self.settings.regions}
+            for worker in self.workers:
+                counts[worker.region] = counts.get(worker.region, 0) + 1
+            region = min(self.settings.regions, key=lambda name: counts[name])
         self._added += 1
         node = self.cluster.add_node(
             num_cpus=self.cpus_per_node,

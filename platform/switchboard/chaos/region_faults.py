@@ -12,11 +12,17 @@ longest any send waited while a hand back ran (timings.send_pauses).
 
 from __future__ import annotations
 
+from switchboard.actors import registry
+
 from .faults import Fault, FaultContext, FaultRecord, _started_at, _struck
 
 
-def _all_shards(context: FaultContext) -> list[int]:
-    return list(range(context.settings.shards_per_region))
+def _shards_where(context: FaultContext, wanted) -> list[int]:
+    """The default region's shards whose node's region satisfies wanted(region or None)."""
+    regions = {worker.node_id: worker.region for worker in context.cluster.workers}
+    settings = context.settings
+    return [index for index in range(settings.shards_per_region)
+            if wanted(regions.get(context.cluster.actor_node(registry.shard_name(settings.region, index))))]
 
 
 class RegionLoss(Fault):
@@ -27,7 +33,7 @@ class RegionLoss(Fault):
         lost = [worker for worker in context.cluster.workers if worker.region == region]
         if not lost or context.settings.mirror_of(region) is None:
             return _struck(self.kind, detail=f"{region}: no worker node, or no mirror region", skipped=True)
-        shards = _all_shards(context)
+        shards = _shards_where(context, lambda at: at == region)  # the ones the loss takes
         record = _struck(self.kind, detail=f"{region}: {len(lost)} node(s) -> {context.settings.mirror_of(region)}",
                          killed_shards=frozenset(shards), incarnations=_started_at(context, shards))
         for worker in lost:
@@ -43,7 +49,7 @@ class RegionReturn(Fault):
         if not context.lost_regions:
             return _struck(self.kind, detail="no region is lost", skipped=True)
         region = context.lost_regions.pop()
-        shards = _all_shards(context)
+        shards = _shards_where(context, lambda at: at != region)  # the ones the hand back moves
         record = _struck(self.kind, detail=f"{region} returns", killed_shards=frozenset(shards),
                          incarnations=_started_at(context, shards))
         context.cluster.add_worker(region)
