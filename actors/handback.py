@@ -43,22 +43,11 @@ def away_from_home(home: str, locations: dict[str, str | None], labelled: set[st
     return sorted(away, key=lambda name: (name.startswith("router:"), name))
 
 
-def node_regions() -> dict[str, str]:
-    """node id -> region label, for the live labelled nodes."""
-    return {node["NodeID"]: node.get("Labels", {}).get(registry.REGION_LABEL)
-            for node in ray.nodes() if node.get("Alive") and node.get("Labels", {}).get(registry.REGION_LABEL)}
-
-
-def actor_regions(namespace: str, names: list[str]) -> dict[str, str | None]:
-    """Each named actor's node region (None: not alive now, or on a node with no region)."""
-    regions = node_regions()
-    found: dict[str, str | None] = dict.fromkeys(names)
-    wanted = set(names)
-    for actor in ray._private.state.actors().values():  # the GCS table: needs no dashboard
-        if actor.get("Name") in wanted and actor.get("State") == "ALIVE" and \
-                actor.get("RayNamespace", namespace) == namespace:
-            found[actor["Name"]] = regions.get(actor["Address"]["NodeID"])
-    return found
+def actor_regions(namespace: str, names: list[str], regions: dict[str, str] | None = None) -> dict[str, str | None]:
+    """Each named actor's node region (None: not alive now, or on a node with no region);
+    `regions` is registry.node_regions(), if the caller already has it."""
+    regions = registry.node_regions() if regions is None else regions
+    return {name: regions.get(node) for name, node in registry.actor_nodes(namespace, names).items()}
 
 
 @ray.remote(num_cpus=0)

@@ -23,9 +23,38 @@ def shard_name(region: str, index: int) -> str:
 REGION_LABEL = "region"
 
 
+def node_regions() -> dict[str, str]:
+    """node id -> region, for the live nodes that carry a region label."""
+    regions = {}
+    for node in ray.nodes():
+        region = node.get("Labels", {}).get(REGION_LABEL)
+        if node.get("Alive") and region:
+            regions[node["NodeID"]] = region
+    return regions
+
+
 def labelled_regions() -> set[str]:
     """The regions that live nodes of this cluster are labelled with (none on a one-node run)."""
-    return {node.get("Labels", {}).get(REGION_LABEL) for node in ray.nodes() if node.get("Alive")} - {None}
+    return set(node_regions().values())
+
+
+def actor_nodes(namespace: str, names: list[str]) -> dict[str, str | None]:
+    """Each named actor's node id (None: not alive now). Its state is read from the GCS actor
+    table (ray.util.state would need the dashboard), which names no namespace: the actor is
+    found by the id its name has in `namespace`."""
+    ids = {}
+    for name in names:
+        try:
+            ids[name] = ray.get_actor(name, namespace=namespace)._actor_id.hex()
+        except ValueError:  # no such actor (yet)
+            pass
+    table = ray._private.state.actors()
+    found: dict[str, str | None] = dict.fromkeys(names)
+    for name, actor_id in ids.items():
+        actor = table.get(actor_id) or {}
+        if actor.get("State") == "ALIVE":
+            found[name] = actor["Address"]["NodeID"]
+    return found
 
 
 def region_placement(settings: Settings, region: str, labelled: set[str]) -> dict:
@@ -57,9 +86,12 @@ def placement_problem(settings: Settings, labelled: set[str]) -> str | None:
     return None
 
 
-def actor_options(settings: Settings, name: str, region: str) -> dict:
+def actor_options(settings: Settings, name: str, region: str, labelled: set[str] | None = None) -> dict:
     """Named, detached, restarted forever; on the region's nodes (or its mirror's) where the
     cluster's nodes carry region labels.
+
+    `labelled`: the cluster's labelled regions, if the caller already has them (a router creating
+    its shards asks the GCS once, not once per shard).
 
     num_cpus=0: these are I/O-bound asyncio processes; on a 2-core node a CPU reservation each
     would leave no room for the Serve replicas. Restarted actors rebuild from PostgreSQL.
@@ -74,8 +106,9 @@ def actor_options(settings: Settings, name: str, region: str) -> dict:
         "num_cpus": 0,
         "get_if_exists": True,
     }
-    if ray.is_initialized():
-        options.update(region_placement(settings, region, labelled_regions()))
+    if labelled is None and ray.is_initialized():
+        labelled = labelled_regions()
+    options.update(region_placement(settings, region, labelled or set()))
     return options
 
 

@@ -233,8 +233,9 @@ class RouterActor:
         self._store = SqlStore(make_engine(database_url, pool_size=1))
         self.restored = self._restore()
         shard_count = self.router.placement.shard_count
+        labelled = registry.labelled_regions()
         self.shards = [
-            ShardActor.options(**registry.actor_options(settings, name, region)).remote(
+            ShardActor.options(**registry.actor_options(settings, name, region, labelled)).remote(
                 settings, database_url, region, index, shard_count
             )
             for index, name in enumerate(self.router.placement.shard_names)
@@ -316,11 +317,12 @@ class RouterActor:
         """Move this region's actors home once its nodes are back (actors/handback.py)."""
         region = self.router.placement.region
         shard_names = list(self.router.placement.shard_names)
-        labelled = await asyncio.to_thread(registry.labelled_regions)
+        regions = await asyncio.to_thread(registry.node_regions)
+        labelled = set(regions.values())
         if region not in labelled:
             return
         locations = await asyncio.to_thread(handback.actor_regions, self.settings.namespace,
-                                            shard_names + [self.router.owner])
+                                            shard_names + [self.router.owner], regions)
         for name in handback.away_from_home(region, locations, labelled):
             if name == self.router.owner:  # last: checkpoint, then restart at home
                 await self.checkpoint()

@@ -6,34 +6,19 @@ takeover and hand-back figures."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+from json_run import run_json
 
 RUN_TIMEOUT_S = 480
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(RUN_TIMEOUT_S + 60)]
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def regions_run() -> tuple[dict, str]:
-    command = [sys.executable, "-m", "switchboard.chaos.runner", "--json", "--regions", "eu,us",
-               "--faults", "region_loss,shard_kill,region_return", "--duration", "50", "--interval", "14",
-               "--users", "12", "--seed-mailboxes", "1000"]
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    done = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True,
-                          timeout=RUN_TIMEOUT_S, stdin=subprocess.DEVNULL)
-    lines = done.stdout.strip().splitlines()
-    assert lines, f"no output (exit {done.returncode}); stderr tail:\n{done.stderr[-4000:]}"
-    try:
-        figures = json.loads(lines[-1])
-    except json.JSONDecodeError:
-        pytest.fail(f"the last line is not JSON (exit {done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-3000:]}")
-    return figures, done.stdout + f"\n(exit {done.returncode})\n" + done.stderr[-3000:]
+    figures, output, _ = run_json("switchboard.chaos.runner", [
+        "--json", "--regions", "eu,us", "--faults", "region_loss,shard_kill,region_return", "--duration", "50",
+        "--interval", "14", "--users", "12", "--seed-mailboxes", "1000"], RUN_TIMEOUT_S)
+    return figures, output
 
 
 def test_a_region_lost_and_returned_loses_nothing(regions_run):

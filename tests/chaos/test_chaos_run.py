@@ -6,20 +6,16 @@ history checker found no violation, and while PostgreSQL was down sends were ref
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from json_run import run_json
 from switchboard.chaos.faults import DEFAULT_ORDER
 
 RUN_TIMEOUT_S = 540
 # The module's fixture runs the whole chaos run inside the first test's time.
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(RUN_TIMEOUT_S + 60)]
 
-REPO = Path(__file__).resolve().parents[2]
 # Seven faults, one every 12 s after a 5 s warm-up, plus the cluster's start, the seeding and
 # the quiescence: about four minutes on 2 cores.
 DURATION_S = 95
@@ -30,20 +26,10 @@ SEEDED_PER_SHARD = 10_000
 
 @pytest.fixture(scope="module")
 def chaos_run() -> tuple[dict, str]:
-    command = [sys.executable, "-m", "switchboard.chaos.runner", "--json", "--duration", str(DURATION_S),
-               "--interval", str(INTERVAL_S), "--users", "20", "--seed-mailboxes", str(SEEDED_PER_SHARD),
-               "--faults", ",".join(DEFAULT_ORDER)]
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    done = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True,
-                          timeout=RUN_TIMEOUT_S, stdin=subprocess.DEVNULL)
-    lines = done.stdout.strip().splitlines()
-    assert lines, f"no output (exit {done.returncode}); stderr tail:\n{done.stderr[-4000:]}"
-    try:
-        figures = json.loads(lines[-1])
-    except json.JSONDecodeError:
-        pytest.fail(f"the last line is not JSON (exit {done.returncode}):\n"
-                    f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
-    return figures, done.stdout + f"\n(exit {done.returncode})\n" + done.stderr[-3000:]
+    figures, output, _ = run_json("switchboard.chaos.runner", [
+        "--json", "--duration", str(DURATION_S), "--interval", str(INTERVAL_S), "--users", "20",
+        "--seed-mailboxes", str(SEEDED_PER_SHARD), "--faults", ",".join(DEFAULT_ORDER)], RUN_TIMEOUT_S)
+    return figures, output
 
 
 def test_nothing_acked_is_lost_duplicated_or_unanswered(chaos_run):

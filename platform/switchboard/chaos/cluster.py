@@ -189,7 +189,4 @@ class LocalCluster:
 
     def actor_node(self, name: str) -> str | None:
         """The node id an actor of the platform's namespace runs on (None if not alive)."""
-        for actor in ray._private.state.actors().values():  # GCS table: needs no dashboard
-            if actor.get("Name") == name and actor.get("State") == "ALIVE":
-                return actor["Address"]["NodeID"]
-        return None
+        return registry.actor_nodes(self.settings.namespace, [name])[name]

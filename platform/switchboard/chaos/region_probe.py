@@ -3,7 +3,7 @@ a head with no region and one worker node per region; every region's router and 
 their own region's node; then every node of one region is removed at once, and the probe times
 how long until that region's router and shards run on the mirror region's node and answer
 healthy again (recovered from PostgreSQL). Prints one JSON line. Runs as its own process: it
-needs a Ray cluster of its own (tests/regions/test_region_takeover.py runs it).
+needs a Ray cluster of its own (tests/chaos/test_region_takeover.py runs it).
 
     python -m switchboard.chaos.region_probe --regions eu,us,ap --lose eu
 """

@@ -8,28 +8,16 @@ other regions stay healthy throughout; when the region's node returns, its actor
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+from json_run import run_json
 
 RUN_TIMEOUT_S = 300
 pytestmark = pytest.mark.timeout(RUN_TIMEOUT_S + 30)
-REPO = Path(__file__).resolve().parents[2]
 
 
 def probe(*arguments: str) -> dict:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    done = subprocess.run([sys.executable, "-m", "switchboard.chaos.region_probe", *arguments], cwd=REPO,
-                          env=environment, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
-                          stdin=subprocess.DEVNULL)
-    lines = done.stdout.strip().splitlines()
-    assert lines, f"no output (exit {done.returncode}):\n{done.stderr[-4000:]}"
-    result = json.loads(lines[-1])
-    assert "error" not in result and done.returncode == 0, (result, done.stderr[-4000:])
+    result, output, returncode = run_json("switchboard.chaos.region_probe", list(arguments), RUN_TIMEOUT_S)
+    assert "error" not in result and returncode == 0, (result, output)
     return result
 
 
