@@ -81,8 +81,11 @@ RENDERED_MESSAGES_MAX = 4096
 
 
 class MailboxHost:
-    def __init__(self, store: Store, run_blocking: RunBlocking, gap_repair_delay_s: float = GAP_REPAIR_DELAY_S):
+    def __init__(self, store: Store, run_blocking: RunBlocking, gap_repair_delay_s: float = GAP_REPAIR_DELAY_S,
+                 home_region: str | None = None):
         self.store = store
+        # Recorded on each mailbox this host loads, so commits anywhere push its events here.
+        self.home_region = home_region
         self.run_blocking = run_blocking
         self.gap_repair_delay_s = gap_repair_delay_s
         self._mailboxes: dict[str, _Mailbox] = {}
@@ -347,7 +350,7 @@ class MailboxHost:
     async def _load(self, mailbox: _Mailbox) -> None:
         # Deliveries that arrive while this read runs wait in `pending`; the head read below
         # includes any of them that committed before it, so _drain drops exactly those.
-        stored = await self.run_blocking(self.store.mailbox_head, mailbox.user_id)
+        stored = await self.run_blocking(self.store.mailbox_head, mailbox.user_id, self.home_region)
         if mailbox.head is None:
             mailbox.head = stored.head
             self._drain(mailbox)

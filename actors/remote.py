@@ -30,7 +30,9 @@ from .checkpoint import decode_router, encode_router
 from .periodic import checkpoint_periodically
 from .ring import Ring
 from .router import Placement, RegionRouter
-from .shard import MailboxShard, PeerLink
+from .home_regions import HomeRegions
+from .peers import RayPeers
+from .shard import MailboxShard
 from .startup import StartupClock
 
 log = logging.getLogger(__name__)
@@ -47,34 +49,6 @@ STREAM_BACKLOG = 64
 # The per-user budgets (actors/budgets.py) gateways lease tokens of.
 SEND_BUDGET = "send"
 MEMBERSHIP_BUDGET = "membership"
-
-
-class RayPeers(PeerLink):
-    """Fire-and-forget deliveries to peer shards. A lost one (peer restarting) is not lost data:
-    the events are committed, and the peer's gateways re-attach with their cursors."""
-
-    def __init__(self, settings: Settings, region: str):
-        self.settings = settings
-        self.region = region
-        self._handles: dict[int, object] = {}
-
-    def _peer(self, index: int):
-        handle = self._handles.get(index)
-        if handle is None:
-            handle = self._handles[index] = registry.get_actor(self.settings, registry.shard_name(self.region, index))
-        return handle
-
-    def deliver(self, shard_index, events):
-        try:
-            self._peer(shard_index).deliver.remote(events)
-        except Exception as error:
-            log.warning("delivery to shard %d failed: %s", shard_index, error)
-
-    def deliver_ephemeral(self, shard_index, user_ids, frame):
-        try:
-            self._peer(shard_index).deliver_ephemeral.remote(user_ids, frame)
-        except Exception as error:
-            log.warning("ephemeral delivery to shard %d failed: %s", shard_index, error)
 
 
 def after_start(method):
@@ -111,11 +85,15 @@ class ShardActor:
         self.send_timeout_s = settings.send_timeout_s
         tune_interpreter()
         self.engine = make_engine(database_url, pool_size=4, statement_timeout_s=settings.db_statement_timeout_s)
+        store = SqlStore(self.engine)
+        self.peers = RayPeers(settings, region)
         self.shard = MailboxShard(
             index=index,
             ring=Ring(shard_count),
-            store=SqlStore(self.engine),
-            peers=RayPeers(settings, region),
+            store=store,
+            peers=self.peers,
+            region=region,
+            homes=HomeRegions(settings.regions, settings.region, store, asyncio.to_thread),
             max_members=settings.max_members,
             commit_batch_max=settings.commit_batch_max,
             commit_events_max=settings.commit_events_max,
@@ -218,7 +196,8 @@ class ShardActor:
 
     @after_start
     async def stats(self):
-        return {**self.shard.stats(), "started_at": self.started_at, "startup": self.clock.stamps, "pid": os.getpid()}
+        return {**self.shard.stats(), "cross_region_calls": dict(self.peers.cross_region_calls),
+                "started_at": self.started_at, "startup": self.clock.stamps, "pid": os.getpid()}
 
 
 @ray.remote

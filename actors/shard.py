@@ -24,8 +24,9 @@ from switchboard.storage.store import StorageUnavailable, Store
 
 from .budgets import Budget, UserBudgets
 from .commit_queue import CommitQueue
+from .home_regions import HomeRegions
 from .mailbox import AttachResult, Delivery, MailboxHost
-from .ops import SEQUENCED, Ack, Operation, Outcome, TakeTokens, Typing
+from .ops import SEQUENCED, Ack, CreateConversation, Operation, Outcome, TakeTokens, Typing
 from .ring import Ring
 from .sequencer import Sequencer
 from .shard_checkpoint import ShardCheckpointing
@@ -43,11 +44,17 @@ DATABASE_UNAVAILABLE = "the database is unavailable; retry later"
 
 
 class PeerLink:
-    """How a shard reaches its peers; the Ray wrapper supplies real actor handles."""
+    """How a shard reaches its peers; the Ray wrapper supplies real actor handles. Another
+    region's peers are reached by region: the link knows that region's ring, and makes one call
+    per destination shard there (the one hop a batch's events make across regions)."""
 
     def deliver(self, shard_index: int, events: list[MailboxEvent]) -> None: ...
 
     def deliver_ephemeral(self, shard_index: int, user_ids: list[str], frame: dict) -> None: ...
+
+    def deliver_abroad(self, region: str, events: list[MailboxEvent]) -> None: ...
+
+    def deliver_ephemeral_abroad(self, region: str, user_ids: list[str], frame: dict) -> None: ...
 
 
 class MailboxShard:
@@ -55,8 +62,12 @@ class MailboxShard:
                  commit_batch_max: int, queue_max: int, owner: str | None = None,
                  checkpoint_interval_s: float = 0.0, commit_events_max: int | None = None,
                  budgets: dict[str, Budget] | None = None, send_timeout_s: float = DEFAULT_TIME_LEFT_S,
-                 max_sockets_per_user: int | None = None, clock: Callable[[], float] = time.monotonic):
+                 max_sockets_per_user: int | None = None, region: str = "local",
+                 homes: HomeRegions | None = None, clock: Callable[[], float] = time.monotonic):
         self.index = index
+        self.region = region
+        # Where each recipient's mailbox lives; one region only unless told otherwise.
+        self.homes = homes or HomeRegions([region], region)
         self.owner = owner or f"shard:{index}"  # the key of its checkpoint
         self.ring = ring
         self.store = store
@@ -67,7 +78,9 @@ class MailboxShard:
         self.sequencer = Sequencer(store, max_members=max_members)
         self.queue = CommitQueue(self.sequencer, batch_max=commit_batch_max, events_max=commit_events_max,
                                  queue_max=queue_max, on_committed=self._fan_out, name=self.owner, clock=clock)
-        self.mailboxes = MailboxHost(store, run_blocking=asyncio.to_thread)
+        # With several regions, a socket attaching here records that its user's mailbox is here.
+        self.mailboxes = MailboxHost(store, run_blocking=asyncio.to_thread,
+                                     home_region=None if self.homes.single else region)
         self.typing_relay = TypingRelay(self.sequencer.cache, store, run_blocking=asyncio.to_thread, clock=clock)
         self.budgets = UserBudgets(budgets or {})
         self.checkpoints = ShardCheckpointing(self, checkpoint_interval_s)
@@ -105,6 +118,10 @@ class MailboxShard:
         sequenced, deadlines, positions = [], [], []
         for position, (operation, seconds) in enumerate(zip(operations, left, strict=True)):
             if isinstance(operation, SEQUENCED):
+                if isinstance(operation, CreateConversation):
+                    # A conversation's region is its creator's home: known before their mailbox
+                    # records it (a creator who has not attached a socket yet).
+                    self.homes.learn(operation.creator, operation.region)
                 sequenced.append(operation)
                 deadlines.append(now + seconds)
                 positions.append(position)
@@ -129,29 +146,40 @@ class MailboxShard:
         return Outcome.failed(Invalid(f"unknown operation {type(operation).__name__}"))
 
     def _fan_out(self, events: list[MailboxEvent]) -> None:
-        by_shard = group_by(events, lambda event: self.ring.user_shard(event.user_id))
-        for shard_index, shard_events in by_shard.items():
-            if shard_index == self.index:
-                self.mailboxes.deliver(shard_events)
-            else:
-                self.peers.deliver(shard_index, shard_events)
+        """Each event to its recipient's home region: this region's by the ring, another
+        region's in one hand-off per region (the peer link splits it by that region's ring)."""
+        by_region = group_by(events, lambda event: self.homes.home(event.user_id, event.region))
+        for region, region_events in by_region.items():
+            if region != self.region:
+                self.peers.deliver_abroad(region, region_events)
+                continue
+            for shard_index, shard_events in group_by(region_events, lambda e: self.ring.user_shard(e.user_id)).items():
+                if shard_index == self.index:
+                    self.mailboxes.deliver(shard_events)
+                else:
+                    self.peers.deliver(shard_index, shard_events)
 
     # ---- typing: ephemeral, never stored, never on the writer thread --------------------------
 
     async def typing(self, conversation_id: str, user_id: str) -> Outcome:
         try:
             recipients = await self.typing_relay.recipients(conversation_id, user_id)
+            homes = await self.homes.homes(recipients)
         except SwitchboardError as error:
             return Outcome.failed(error)
         except StorageUnavailable as error:
             log.warning("typing lookup failed: %s", error)
             return Outcome.failed(Overloaded(DATABASE_UNAVAILABLE))
         frame = typing_frame(conversation_id, user_id)
-        for shard_index, user_ids in group_by(recipients, self.ring.user_shard).items():
-            if shard_index == self.index:
-                self.mailboxes.deliver_ephemeral(user_ids, frame)
-            else:
-                self.peers.deliver_ephemeral(shard_index, user_ids, frame)
+        for region, user_ids in group_by(recipients, homes.__getitem__).items():
+            if region != self.region:
+                self.peers.deliver_ephemeral_abroad(region, user_ids, frame)
+                continue
+            for shard_index, shard_users in group_by(user_ids, self.ring.user_shard).items():
+                if shard_index == self.index:
+                    self.mailboxes.deliver_ephemeral(shard_users, frame)
+                else:
+                    self.peers.deliver_ephemeral(shard_index, shard_users, frame)
         return Outcome(value={})
 
     # ---- mailboxes ---------------------------------------------------------------------------

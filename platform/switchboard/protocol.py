@@ -47,8 +47,25 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def new_conversation_id() -> str:
-    return "c_" + secrets.token_urlsafe(12)
+# A conversation id names its home region: c_<region>_<16 random characters>. Region names hold
+# no "_" (settings_checks.REGION_NAME_RE), and ids made before regions were real (c_ and 16
+# characters) are too short to carry one: those, and any that names no configured region, belong
+# to the default region.
+CONVERSATION_RANDOM_CHARS = 16
+
+
+def new_conversation_id(region: str | None = None) -> str:
+    random_part = secrets.token_urlsafe(12)  # 16 characters
+    return f"c_{region}_{random_part}" if region else "c_" + random_part
+
+
+def conversation_region(conversation_id: str, regions, default: str) -> str:
+    """The home region a conversation id names (its sequencer's region)."""
+    rest = conversation_id[2:]
+    cut = len(rest) - CONVERSATION_RANDOM_CHARS - 1
+    if cut > 0 and rest[cut] == "_" and rest[:cut] in regions:
+        return rest[:cut]
+    return default
 
 
 def new_message_id() -> str:

@@ -14,6 +14,8 @@ from switchboard.actors.ring import Ring
 from switchboard.auth import Identity
 from switchboard.gateway.delivery import DeliveryHub
 from switchboard.gateway.session import Session
+from switchboard.gateway.shards import ShardDirectory
+from switchboard.actors.router import Placement
 from switchboard.gateway.wire_errors import CLOSE_GOING_AWAY
 from switchboard.settings import Settings
 from switchboard.storage.models import MESSAGE, MailboxEvent
@@ -68,14 +70,12 @@ def event(user_id: str, cursor: int) -> MailboxEvent:
     return MailboxEvent(user_id, MESSAGE, "c", {"message": message}, seq=cursor, cursor=cursor)
 
 
-class FakeDirectory:
-    def __init__(self):
-        self.ring = Ring(SHARDS)
-        self.handles = [FakeShard() for _ in range(SHARDS)]
-
-    def for_user(self, user_id):
-        index = self.ring.user_shard(user_id)
-        return index, self.handles[index]
+def FakeDirectory() -> ShardDirectory:
+    """The real directory of one region's SHARDS shards, on fake shards."""
+    placement = Placement(region="local", namespace="test", shard_names=tuple(f"s{i}" for i in range(SHARDS)))
+    directory = ShardDirectory(Settings(), [placement], get_handle=lambda name, namespace: FakeShard())
+    directory.ring = directory.rings["local"]
+    return directory
 
 
 class Limits:

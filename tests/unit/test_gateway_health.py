@@ -10,7 +10,9 @@ import asyncio
 import pytest
 from ray.exceptions import ActorUnavailableError
 
+from switchboard.actors.router import Placement
 from switchboard.gateway.core import GatewayCore
+from switchboard.gateway.shards import ShardDirectory
 from switchboard.settings import Settings
 
 UNREACHABLE_URL = "postgresql+psycopg://nobody@127.0.0.1:9/none"  # never connected to here
@@ -35,9 +37,11 @@ class FakeShard:
         self.health = FakeMethod(answer)
 
 
-class FakeDirectory:
-    def __init__(self, *answers):
-        self.handles = [FakeShard(answer) for answer in answers]
+def FakeDirectory(*answers) -> ShardDirectory:
+    """The real directory of one region whose shards answer health with `answers`."""
+    shards = iter([FakeShard(answer) for answer in answers])
+    placement = Placement(region="local", namespace="test", shard_names=tuple(f"s{i}" for i in range(len(answers))))
+    return ShardDirectory(Settings(), [placement], get_handle=lambda name, namespace: next(shards))
 
 
 class FakeHub:

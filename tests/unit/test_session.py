@@ -71,8 +71,8 @@ class FakeHub:
     async def attach(self, session, since, fresh=False):
         return await self._answer(("attach", session.user_id, since))
 
-    async def replay(self, user_id, after, limit):
-        return await self._answer(("replay", user_id, after))
+    async def replay(self, session, after, limit):
+        return await self._answer(("replay", session.user_id, after))
 
     async def _answer(self, call):
         call_index = len(self.calls)
@@ -84,8 +84,8 @@ class FakeHub:
             raise result
         return result
 
-    def ack(self, user_id, cursor):
-        self.acks.append((user_id, cursor))
+    def ack(self, session, cursor):
+        self.acks.append((session.user_id, cursor))
 
 
 class FakeLimits:

@@ -85,6 +85,10 @@ class Gateway:
         if problem is not None:
             raise RuntimeError(problem)
 
+    async def cross_region_calls(self) -> dict[str, int]:
+        """This replica's Ray calls to other regions' actors, by kind (core.cross_region_calls)."""
+        return self.core.cross_region_calls()
+
     async def __del__(self):
         """Last step of a stop (Serve calls it once no socket is left): close anything the drain
         watch missed, then stop the delivery streams."""

@@ -166,7 +166,7 @@ class CatchUp:
         session = self.session
         while not session.closed:
             await session.out.drained()
-            page = await session.core.hub.replay(session.user_id, session.last_cursor, REPLAY_PAGE)
+            page = await session.core.hub.replay(session, session.last_cursor, REPLAY_PAGE)
             if page.resync_required or (page.events and page.events[0].cursor != session.last_cursor + 1):
                 # pruned meanwhile (or the mailbox is behind us): the client reloads over HTTP
                 session.out.write(protocol.frame_text(protocol.resync_frame(page.head)))

@@ -10,6 +10,7 @@ import time
 import uuid
 
 from switchboard.actors.ops import SEQUENCED, Operation, Outcome, TakeTokens
+from switchboard.auth import Identity
 from switchboard.errors import Forbidden, NotFound, Overloaded
 from switchboard.settings import Settings
 from switchboard.storage.database import make_engine
@@ -34,8 +35,11 @@ SIGNAL_TIMEOUT_S = 2.0
 
 
 class GatewayCore:
-    def __init__(self, settings: Settings, database_url: str):
+    def __init__(self, settings: Settings, database_url: str, home_region: str | None = None):
         self.settings = settings
+        # The region whose entry point this replica is: its shards are the ones its health asks
+        # and its streams open at start. It serves users homed anywhere.
+        self.home_region = home_region or settings.region
         self.gateway_id = f"gw-{uuid.uuid4().hex[:12]}"
         self.store = SqlStore(make_engine(database_url, pool_size=8, statement_timeout_s=settings.db_statement_timeout_s))
         self.limits = SharedLimits(
@@ -56,7 +60,7 @@ class GatewayCore:
         self.draining = False  # set once: new sockets are turned away, open ones closed 1001
 
     async def start(self) -> None:
-        self.directory = await ShardDirectory.from_router(self.settings)
+        self.directory = await ShardDirectory.from_routers(self.settings, self.home_region)
         self.batchers = [ShardBatcher(handle, self.settings.send_timeout_s, self.settings.gateway_queue_max)
                          for handle in self.directory.handles]
         self.signal_batchers = [ShardBatcher(handle, SIGNAL_TIMEOUT_S, self.settings.gateway_queue_max)
@@ -104,9 +108,20 @@ class GatewayCore:
             raise outcome.error
         return outcome
 
-    def _lease(self, user_id: str, kind: str, wanted: int):
-        index, _ = self.directory.for_user(user_id)
-        return self.enqueue_at(index, TakeTokens(user_id, kind, wanted), LEASE_TIMEOUT_S)
+    def _lease(self, user: Identity, kind: str, wanted: int):
+        index = self.directory.user_index(user.user_id, user.region)
+        return self.enqueue_at(index, TakeTokens(user.user_id, kind, wanted), LEASE_TIMEOUT_S)
+
+    def cross_region_calls(self) -> dict[str, int]:
+        """Ray calls this replica made to another region's actors, by kind: batches of
+        sequenced operations (`submit`), of signals (`signal`: leases, typing, acks), and the
+        delivery hub's (attach, replay, stream, heartbeat...). Zero while its users are at home."""
+        calls = dict(self.hub.calls_abroad) if self.hub is not None else {}
+        for kind, batchers in (("submit", self.batchers), ("signal", self.signal_batchers)):
+            abroad = sum(b.calls for index, b in enumerate(batchers) if self.directory.is_abroad(index))
+            if abroad:
+                calls[kind] = abroad
+        return calls
 
     # ---- reads go straight to PostgreSQL ----------------------------------------------------
 
@@ -128,8 +143,10 @@ class GatewayCore:
     # ---- health -----------------------------------------------------------------------------
 
     async def health_problem(self) -> str | None:
-        """None when this replica can take traffic: not draining, every shard of the region
-        answering and able to commit, PostgreSQL answering. Cached for HEALTH_CACHE_S."""
+        """None when this replica can take traffic: not draining, every shard of its own region
+        answering and able to commit, PostgreSQL answering. Cached for HEALTH_CACHE_S. (Another
+        region's shards are that region's gateways' to report: asking them here would make every
+        health check a call abroad.)"""
         if self.draining:
             return "draining"
         checked_at, problem = self._health
@@ -143,8 +160,9 @@ class GatewayCore:
         if self.hub is None or self.directory is None:
             return "starting"
         try:
+            home = [self.directory.handles[index] for index in self.directory.home_indexes()]
             answers = await asyncio.wait_for(
-                asyncio.gather(*(handle.health.remote() for handle in self.directory.handles)), HEALTH_TIMEOUT_S)
+                asyncio.gather(*(handle.health.remote() for handle in home)), HEALTH_TIMEOUT_S)
         except (asyncio.TimeoutError, *SHARD_GONE) as error:
             return f"a shard cannot be reached ({type(error).__name__})"
         for index, answer in enumerate(answers):

@@ -14,6 +14,10 @@ replica's, so attaching the same socket twice registers it once.
 
 Acks are coalesced: each user's newest acked cursor is kept here and sent to its shard every
 ACK_FLUSH_INTERVAL_S, one batched call for them all, however fast clients ack.
+
+Streams from this replica's own region's shards open at start; one from another region's shard
+opens when the first socket of a user homed there attaches here, so a replica whose users are
+all at home makes no call to another region at all. Calls to other regions are counted by kind.
 """
 
 from __future__ import annotations
@@ -48,26 +52,39 @@ class DeliveryHub:
         self.enqueue_at = enqueue_at  # (shard index, operation, timeout) -> future of its Outcome
         self.sessions: dict[str, set[Session]] = collections.defaultdict(set)
         self._socket_ids = itertools.count(1)
-        self._acks: dict[str, int] = {}
-        self._pumps: list[asyncio.Task] = []
+        self._acks: dict[tuple[str, str], int] = {}  # (user_id, home region) -> newest acked cursor
+        self._pumps: dict[int, asyncio.Task] = {}  # flat shard index -> its stream's pump
+        self._loops: list[asyncio.Task] = []
         self._reattaching: set[asyncio.Task] = set()
+        self.calls_abroad: collections.Counter = collections.Counter()  # kind -> calls to other regions
 
     async def start(self) -> None:
-        for index in range(len(self.directory.handles)):
-            self._pumps.append(asyncio.create_task(self._pump(index)))
-        self._pumps.append(asyncio.create_task(self._heartbeat()))
+        for index in self.directory.home_indexes():
+            self.open_stream(index)
+        self._loops.append(asyncio.create_task(self._heartbeat()))
         if self.enqueue_at is not None:
-            self._pumps.append(asyncio.create_task(self._flush_acks_forever()))
+            self._loops.append(asyncio.create_task(self._flush_acks_forever()))
 
     async def stop(self) -> None:
-        tasks = [*self._pumps, *self._reattaching]
+        tasks = [*self._pumps.values(), *self._loops, *self._reattaching]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def running(self) -> bool:
         """Every stream pump and the heartbeat are alive (Serve's check_health asks)."""
-        return bool(self._pumps) and not any(task.done() for task in self._pumps)
+        tasks = [*self._pumps.values(), *self._loops]
+        return bool(tasks) and not any(task.done() for task in tasks)
+
+    def open_stream(self, index: int) -> None:
+        """Listen to shard `index` from now on (once: a pump reopens its stream by itself)."""
+        if index not in self._pumps:
+            self._count(index, "stream")
+            self._pumps[index] = asyncio.create_task(self._pump(index))
+
+    def _count(self, index: int, kind: str) -> None:
+        if self.directory.is_abroad(index):
+            self.calls_abroad[kind] += 1
 
     # ---- sessions ----------------------------------------------------------------------------
 
@@ -83,7 +100,8 @@ class DeliveryHub:
             sessions.discard(session)
             if not sessions:
                 del self.sessions[session.user_id]
-        _, handle = self.directory.for_user(session.user_id)
+        index, handle = self.directory.for_user(session.user_id, session.region)
+        self._count(index, "detach")
         try:
             handle.detach.remote(self.gateway_id, session.user_id, session.socket_id)
         except Exception as error:  # the shard is gone; its restart forgot the socket anyway
@@ -92,26 +110,34 @@ class DeliveryHub:
     async def attach(self, session: Session, since: int | None, fresh: bool = False) -> AttachResult:
         """Attach a session's socket to its mailbox (the first page of its replay comes back),
         waiting out a shard restart up to the deadline; `fresh` counts it against the user's cap."""
-        _, handle = self.directory.for_user(session.user_id)
-        return await call_while_restarting(
-            lambda: handle.attach.remote(self.gateway_id, session.user_id, since, session.socket_id, fresh),
-            self.attach_deadline_s)
+        index, handle = self.directory.for_user(session.user_id, session.region)
+        self.open_stream(index)  # before the attach: what the shard queues meanwhile waits there
 
-    async def replay(self, user_id: str, after: int, limit: int) -> AttachResult:
-        """The next page of a user's events after `after` (a read; no registration)."""
-        _, handle = self.directory.for_user(user_id)
-        return await call_while_restarting(lambda: handle.replay.remote(user_id, after, limit), self.attach_deadline_s)
+        def attach():
+            self._count(index, "attach")
+            return handle.attach.remote(self.gateway_id, session.user_id, since, session.socket_id, fresh)
+        return await call_while_restarting(attach, self.attach_deadline_s)
 
-    def ack(self, user_id: str, cursor: int) -> None:
-        if cursor > self._acks.get(user_id, 0):
-            self._acks[user_id] = cursor
+    async def replay(self, session: Session, after: int, limit: int) -> AttachResult:
+        """The next page of a session's user's events after `after` (a read; no registration)."""
+        index, handle = self.directory.for_user(session.user_id, session.region)
+
+        def replay():
+            self._count(index, "replay")
+            return handle.replay.remote(session.user_id, after, limit)
+        return await call_while_restarting(replay, self.attach_deadline_s)
+
+    def ack(self, session: Session, cursor: int) -> None:
+        key = (session.user_id, session.region)
+        if cursor > self._acks.get(key, 0):
+            self._acks[key] = cursor
 
     def flush_acks(self) -> list[asyncio.Future]:
         """Send the acks gathered since the last flush, batched by shard (advisory: a lost one is
         carried by the next)."""
         acks, self._acks = self._acks, {}
-        return [self.enqueue_at(self.directory.ring.user_shard(user_id), Ack(user_id, cursor), ACK_TIMEOUT_S)
-                for user_id, cursor in acks.items()]
+        return [self.enqueue_at(self.directory.user_index(user_id, region), Ack(user_id, cursor), ACK_TIMEOUT_S)
+                for (user_id, region), cursor in acks.items()]
 
     async def _flush_acks_forever(self) -> None:
         while True:
@@ -125,6 +151,8 @@ class DeliveryHub:
         reconnecting = False
         while True:
             try:
+                if reconnecting:
+                    self._count(index, "stream")
                 async for ref in handle.stream.remote(self.gateway_id):
                     batch = await ref
                     if reconnecting:  # the first batch (empty): the stream is open at the shard
@@ -146,7 +174,9 @@ class DeliveryHub:
     async def _heartbeat(self) -> None:
         """Tell every shard this replica lives; a dead one stops, and the shards forget its sockets."""
         while True:
-            for handle in self.directory.handles:
+            for index in list(self._pumps):
+                handle = self.directory.handles[index]
+                self._count(index, "heartbeat")
                 try:
                     handle.heartbeat.remote(self.gateway_id)
                 except Exception as error:  # a restarting shard: the next beat reaches it
@@ -156,8 +186,8 @@ class DeliveryHub:
     def _resume_shard(self, index: int) -> None:
         """Re-attach every local session of a restarted shard, with its last cursor."""
         sessions = [session for user_id, user_sessions in list(self.sessions.items())
-                    if self.directory.ring.user_shard(user_id) == index
-                    for session in user_sessions if session.begin_reattach()]
+                    for session in user_sessions
+                    if self.directory.user_index(user_id, session.region) == index and session.begin_reattach()]
         if sessions:
             task = asyncio.create_task(self._reattach_all(index, sessions))
             self._reattaching.add(task)
@@ -174,6 +204,7 @@ class DeliveryHub:
         def attach_open_sessions():  # again on each retry, without the sessions closed meanwhile
             nonlocal sessions
             sessions = [session for session in sessions if not session.closed]
+            self._count(index, "attach_many")
             return handle.attach_many.remote(
                 self.gateway_id, [(s.user_id, s.last_cursor, s.socket_id) for s in sessions])
 

@@ -91,9 +91,9 @@ async def create_conversation(request: Request):
     body = await json_body(request)
     members = protocol.validate_members(body.get("members", []), core.settings.max_members)
     title = protocol.validate_title(body.get("title"))
-    await core.limits.take(me.user_id, "membership", MEMBERSHIP_RATE)
+    await core.limits.take(me, "membership", MEMBERSHIP_RATE)
     operation = CreateConversation(
-        conversation_id=protocol.new_conversation_id(), creator=me.user_id,
+        conversation_id=protocol.new_conversation_id(me.region), creator=me.user_id,
         members=tuple(members), title=title, region=me.region,
     )
     outcome = await core.run(operation)
@@ -132,7 +132,7 @@ async def add_member(conversation_id: str, request: Request):
     me = identify(request)
     body = await json_body(request)
     user_id = protocol.validate_user_id(body.get("user_id"))
-    await core.limits.take(me.user_id, "membership", MEMBERSHIP_RATE)
+    await core.limits.take(me, "membership", MEMBERSHIP_RATE)
     outcome = await core.run(AddMember(_conversation_id(conversation_id), me.user_id, user_id))
     return outcome.value
 
@@ -144,7 +144,7 @@ async def remove_member(conversation_id: str, user_id: str, request: Request):
     me = identify(request)
     conversation_id = _conversation_id(conversation_id)
     user_id = protocol.validate_user_id(user_id)
-    await core.limits.take(me.user_id, "membership", MEMBERSHIP_RATE)
+    await core.limits.take(me, "membership", MEMBERSHIP_RATE)
     await core.run(RemoveMember(conversation_id, me.user_id, user_id))
     return {"conversation_id": conversation_id, "user_id": user_id, "action": "left"}
 
@@ -163,7 +163,7 @@ async def send_message(conversation_id: str, request: Request):
         client_msg_id=protocol.validate_client_msg_id(body.get("client_msg_id")),
         body=protocol.validate_body(body.get("body"), core.settings.max_body_bytes),
     )
-    await core.limits.take(me.user_id, "send")
+    await core.limits.take(me, "send")
     outcome = await core.run(operation, started)
     return JSONResponse(outcome.value, status_code=201 if outcome.created else 200)
 

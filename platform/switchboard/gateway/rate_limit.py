@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 
 from switchboard.actors.ops import Outcome
 from switchboard.errors import RateLimited
@@ -80,8 +80,9 @@ class _Allowance:
     used: float = 0.0  # when last used, for forgetting idle users
 
 
-# (user_id, kind, wanted) -> the shard's Outcome: {"granted": n, "retry_after_s": s}
-Lease = Callable[[str, str, int], Awaitable[Outcome]]
+# (user, kind, wanted) -> the shard's Outcome: {"granted": n, "retry_after_s": s}. A user is any
+# hashable the lease understands: the gateway passes the Identity, whose region finds the shard.
+Lease = Callable[[Hashable, str, int], Awaitable[Outcome]]
 
 
 class SharedLimits:
@@ -96,57 +97,57 @@ class SharedLimits:
         self.leases = 0
         self.fallbacks = 0
 
-    async def take(self, user_id: str, kind: str, what: str = "over the send rate") -> None:
-        """Spend one of user_id's `kind` tokens, or raise RateLimited with retry_after_ms.
+    async def take(self, user: Hashable, kind: str, what: str = "over the send rate") -> None:
+        """Spend one of user's `kind` tokens, or raise RateLimited with retry_after_ms.
         Takes that find none wait for one lease together (sized for all of them), and try again
         until a lease brings tokens or the shard says when to come back."""
-        allowance = self._allowance(user_id, kind, self.clock())
+        allowance = self._allowance(user, kind, self.clock())
         while allowance.tokens <= 0:
             now = self.clock()
             if now < allowance.refused_until:
                 raise RateLimited(f"{what}; retry later", retry_after_ms=retry_after_ms(allowance.refused_until - now))
             allowance.waiting += 1
             try:
-                await self._refilled(allowance, user_id, kind)
+                await self._refilled(allowance, user, kind)
             finally:
                 allowance.waiting -= 1
         allowance.tokens -= 1
         if allowance.tokens * 2 <= self.chunks[kind]:
-            self._refill_soon(allowance, user_id, kind)
+            self._refill_soon(allowance, user, kind)
 
-    def warm(self, user_id: str, kind: str) -> None:
+    def warm(self, user: Hashable, kind: str) -> None:
         """Lease ahead (a socket just opened): its first send then needs no call."""
-        allowance = self._allowance(user_id, kind, self.clock())
+        allowance = self._allowance(user, kind, self.clock())
         if allowance.tokens <= 0:
-            self._refill_soon(allowance, user_id, kind)
+            self._refill_soon(allowance, user, kind)
 
-    def _allowance(self, user_id: str, kind: str, now: float) -> _Allowance:
+    def _allowance(self, user: Hashable, kind: str, now: float) -> _Allowance:
         self._sweep(now)
-        key = (user_id, kind)
+        key = (user, kind)
         allowance = self._allowances.get(key)
         if allowance is None:
             allowance = self._allowances[key] = _Allowance()
         allowance.used = now
         return allowance
 
-    def _refill_soon(self, allowance: _Allowance, user_id: str, kind: str) -> asyncio.Future:
+    def _refill_soon(self, allowance: _Allowance, user: Hashable, kind: str) -> asyncio.Future:
         if allowance.refilling is None:
-            allowance.refilling = asyncio.ensure_future(self._refill(allowance, user_id, kind))
+            allowance.refilling = asyncio.ensure_future(self._refill(allowance, user, kind))
         return allowance.refilling
 
-    async def _refilled(self, allowance: _Allowance, user_id: str, kind: str) -> None:
-        await asyncio.shield(self._refill_soon(allowance, user_id, kind))
+    async def _refilled(self, allowance: _Allowance, user: Hashable, kind: str) -> None:
+        await asyncio.shield(self._refill_soon(allowance, user, kind))
 
-    async def _refill(self, allowance: _Allowance, user_id: str, kind: str) -> None:
+    async def _refill(self, allowance: _Allowance, user: Hashable, kind: str) -> None:
         try:
             self.leases += 1
             wanted = min(self.budgets[kind][1], max(self.chunks[kind], allowance.waiting))
             try:
-                outcome = await asyncio.wait_for(self.lease(user_id, kind, wanted), LEASE_TIMEOUT_S)
+                outcome = await asyncio.wait_for(self.lease(user, kind, wanted), LEASE_TIMEOUT_S)
             except asyncio.TimeoutError:
                 outcome = None
             if outcome is None or outcome.error is not None:
-                self._fall_back(allowance, user_id, kind)
+                self._fall_back(allowance, user, kind)
                 return
             granted = int(outcome.value["granted"])
             allowance.tokens += granted
@@ -155,10 +156,10 @@ class SharedLimits:
         finally:
             allowance.refilling = None
 
-    def _fall_back(self, allowance: _Allowance, user_id: str, kind: str) -> None:
+    def _fall_back(self, allowance: _Allowance, user: Hashable, kind: str) -> None:
         """The shard could not answer: this replica's own bucket decides one token."""
         self.fallbacks += 1
-        wait_ms = self.fallback[kind].retry_after_ms(user_id)
+        wait_ms = self.fallback[kind].retry_after_ms(user)
         if wait_ms:
             allowance.refused_until = self.clock() + wait_ms / 1000
         else:

@@ -46,8 +46,9 @@ class Session:
                  close: Callable[[int, str], Awaitable[None]], abort: Callable[[], None] = lambda: None):
         self.core = core
         settings = core.settings
+        self.identity = identity
         self.user_id = identity.user_id
-        self.region = identity.region
+        self.region = identity.region  # the user's home region: where its mailbox and budgets are
         self.expires_at = identity.expires_at
         self.socket_id = core.hub.new_socket_id()
         self._close = close
@@ -77,7 +78,7 @@ class Session:
         self.last_cursor = since or 0
         self.core.hub.register(self)
         self._arm_expiry()
-        self.core.limits.warm(self.user_id, "send")
+        self.core.limits.warm(self.identity, "send")
         await self.catch_up.first_attach(since)
         self.out.write(protocol.frame_text(protocol.ready_frame(self.user_id, self.last_cursor)))
         self.catch_up.finish()
@@ -176,7 +177,7 @@ class Session:
         elif isinstance(frame, protocol.PingFrame):
             self._write(protocol.pong_frame(frame.nonce))
         elif isinstance(frame, protocol.AckFrame):
-            self.core.hub.ack(self.user_id, min(frame.cursor, self.last_cursor))
+            self.core.hub.ack(self, min(frame.cursor, self.last_cursor))
         elif isinstance(frame, protocol.ReadFrame):
             self._spawn(self._on_read(frame))
         elif isinstance(frame, protocol.TypingFrame):
@@ -206,7 +207,7 @@ class Session:
     async def _on_send(self, frame: protocol.SendFrame) -> None:
         started = time.monotonic()  # the send timeout counts from here, the lease included
         try:
-            await self.core.limits.take(self.user_id, "send")
+            await self.core.limits.take(self.identity, "send")
         except RateLimited as error:
             self._send_strikes += 1
             self._refuse(error, frame.client_msg_id, self._send_strikes)

@@ -1,4 +1,4 @@
-"""The gateway's view of the region's shards: who owns a key, and calls that wait out a restart.
+"""The gateway's view of every region's shards: who owns a key, and calls that wait out a restart.
 Batched calls to a shard are batcher.py's."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from switchboard.actors import registry
 from switchboard.actors.ring import Ring
 from switchboard.actors.router import Placement
 from switchboard.errors import SwitchboardError
+from switchboard.protocol import conversation_region
 from switchboard.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,23 +53,54 @@ def unwrap(error: BaseException) -> BaseException:
 
 
 class ShardDirectory:
-    def __init__(self, settings: Settings, placement: Placement):
+    """Every region's shards as one flat list (region by region, in the settings' order), so
+    batchers and delivery pumps are indexed alike whatever the region. A user's mailbox is on its
+    home region's ring; a conversation's sequencer on the ring of the region its id names."""
+
+    def __init__(self, settings: Settings, placements: list[Placement], home_region: str | None = None,
+                 get_handle=None):
+        """get_handle(name, namespace) -> an actor handle (Ray's named actors unless given)."""
+        get_handle = get_handle or (lambda name, namespace: ray.get_actor(name, namespace=namespace))
         self.settings = settings
-        self.placement = placement
-        self.ring = Ring(placement.shard_count)
-        self.handles = [ray.get_actor(name, namespace=placement.namespace) for name in placement.shard_names]
+        self.home_region = home_region or settings.region  # the region this replica serves from
+        self.placements = {placement.region: placement for placement in placements}
+        self.rings = {placement.region: Ring(placement.shard_count) for placement in placements}
+        self.offsets: dict[str, int] = {}
+        self.handles: list = []
+        self.regions: list[str] = []  # the region of each flat index
+        for placement in placements:
+            self.offsets[placement.region] = len(self.handles)
+            self.handles += [get_handle(name, placement.namespace) for name in placement.shard_names]
+            self.regions += [placement.region] * placement.shard_count
         self._conversation_shards: dict[str, int] = {}
 
     @classmethod
-    async def from_router(cls, settings: Settings) -> ShardDirectory:
-        """Ask the region's router for the placement, waiting out a restart of the router (a
+    async def from_routers(cls, settings: Settings, home_region: str | None = None) -> ShardDirectory:
+        """Ask every region's router for its placement, waiting out a restart of a router (a
         replica starting meanwhile would otherwise fail, and Serve would start another)."""
-        router = registry.get_actor(settings, registry.router_name(settings.region))
-        placement = await call_while_restarting(router.placement.remote, ROUTER_WAIT_S)
-        return cls(settings, placement)
+        async def placement_of(region: str) -> Placement:
+            router = registry.get_actor(settings, registry.router_name(region))
+            return await call_while_restarting(router.placement.remote, ROUTER_WAIT_S)
+        placements = await asyncio.gather(*(placement_of(region) for region in settings.regions))
+        return cls(settings, list(placements), home_region)
 
-    def for_user(self, user_id: str) -> tuple[int, object]:
-        index = self.ring.user_shard(user_id)
+    def home_indexes(self) -> range:
+        """The flat indexes of this replica's own region's shards."""
+        start = self.offsets[self.home_region]
+        return range(start, start + self.placements[self.home_region].shard_count)
+
+    def is_abroad(self, index: int) -> bool:
+        return self.regions[index] != self.home_region
+
+    def user_index(self, user_id: str, region: str) -> int:
+        """The flat index of the shard hosting user_id's mailbox in its home region (the default
+        region's for a region this platform does not run)."""
+        if region not in self.offsets:
+            region = self.settings.region
+        return self.offsets[region] + self.rings[region].user_shard(user_id)
+
+    def for_user(self, user_id: str, region: str) -> tuple[int, object]:
+        index = self.user_index(user_id, region)
         return index, self.handles[index]
 
     def for_conversation(self, conversation_id: str) -> tuple[int, object]:
@@ -78,5 +110,7 @@ class ShardDirectory:
         if index is None:
             if len(self._conversation_shards) >= PLACEMENT_CACHE_MAX:
                 self._conversation_shards.clear()
-            index = self._conversation_shards[conversation_id] = self.ring.conversation_shard(conversation_id)
+            region = conversation_region(conversation_id, self.offsets, self.settings.region)
+            index = self.offsets[region] + self.rings[region].conversation_shard(conversation_id)
+            self._conversation_shards[conversation_id] = index
         return index, self.handles[index]

@@ -151,12 +151,13 @@ APPEND_EVENTS = """
         INSERT INTO mailboxes (user_id, head)
         SELECT user_id, n FROM counts ORDER BY user_id
         ON CONFLICT (user_id) DO UPDATE SET head = mailboxes.head + excluded.head
-        RETURNING user_id, head
+        RETURNING user_id, head, region
+    ), appended AS (
+        INSERT INTO mailbox_events (user_id, cursor, kind, conversation_id, seq, payload, created_at)
+        SELECT i.user_id, h.head - c.n + i.nth, i.kind, i.conversation_id, i.seq, i.payload, %(created_at)s
+        FROM incoming i JOIN heads h USING (user_id) JOIN counts c USING (user_id)
     )
-    INSERT INTO mailbox_events (user_id, cursor, kind, conversation_id, seq, payload, created_at)
-    SELECT i.user_id, h.head - c.n + i.nth, i.kind, i.conversation_id, i.seq, i.payload, %(created_at)s
-    FROM incoming i JOIN heads h USING (user_id) JOIN counts c USING (user_id)
-    RETURNING user_id, cursor
+    SELECT h.user_id, h.head - c.n + 1, h.region FROM heads h JOIN counts c USING (user_id)
 """
 
 
@@ -178,13 +179,13 @@ def _event_columns(events: list[MailboxEvent], created_at: int) -> dict:
     return {"rows": json.dumps(rows), "created_at": created_at}
 
 
-def _assign_cursors(events: list[MailboxEvent], returned: list[tuple[str, int]]) -> None:
-    """Each user's cursors in this batch are consecutive and follow the batch order."""
-    first: dict[str, int] = {}
-    for user_id, cursor in returned:
-        if user_id not in first or cursor < first[user_id]:
-            first[user_id] = cursor
+def _assign_cursors(events: list[MailboxEvent], returned: list[tuple[str, int, str | None]]) -> None:
+    """Each user's cursors in this batch are consecutive from the first one returned and follow
+    the batch order; each event also learns its recipient's home region (the row's, under the lock
+    this transaction held, so a socket that attached elsewhere since is found by its replay)."""
+    first = {user_id: (cursor, region) for user_id, cursor, region in returned}
     taken: Counter = Counter()
     for event in events:
-        event.cursor = first[event.user_id] + taken[event.user_id]
+        cursor, event.region = first[event.user_id]
+        event.cursor = cursor + taken[event.user_id]
         taken[event.user_id] += 1

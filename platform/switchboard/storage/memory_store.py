@@ -38,6 +38,7 @@ class _Mailbox:
     head: int = 0
     pruned_through: int = 0
     acked: int = 0
+    region: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,6 +200,7 @@ class MemoryStore:
         created_at = batch.messages[0].ts if batch.messages else now_ms()
         for event in batch.events:
             event.cursor = next_cursor[event.user_id]
+            event.region = self._mailboxes[event.user_id].region
             next_cursor[event.user_id] += 1
             payload = None if event.kind == MESSAGE else copy.deepcopy(event.payload)
             row = _StoredEvent(event.cursor, event.kind, event.conversation_id, event.seq, payload, created_at)
@@ -206,10 +208,16 @@ class MemoryStore:
 
     # ---- mailboxes --------------------------------------------------------------------------
 
-    def mailbox_head(self, user_id: str) -> MailboxHead:
+    def mailbox_head(self, user_id: str, home_region: str | None = None) -> MailboxHead:
         with self._guard():
+            if home_region is not None:
+                self._mailboxes.setdefault(user_id, _Mailbox()).region = home_region
             mailbox = self._mailboxes.get(user_id)
             return MailboxHead(mailbox.head, mailbox.pruned_through) if mailbox else MailboxHead(0, 0)
+
+    def mailbox_regions(self, user_ids: list[str]) -> dict[str, str | None]:
+        with self._guard():
+            return {u: self._mailboxes[u].region for u in user_ids if u in self._mailboxes}
 
     def events_after(self, user_id: str, after: int, through: int, limit: int) -> list[MailboxEvent]:
         with self._guard():

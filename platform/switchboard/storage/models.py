@@ -65,6 +65,9 @@ class MailboxEvent:
     payload: dict
     seq: int | None = None  # the message's seq, for message events
     cursor: int = 0  # assigned by the storage inside the commit
+    # The recipient's home region as its mailbox row says, learned in the same commit (None: it
+    # never attached anywhere since regions were recorded: the default region).
+    region: str | None = None
 
     def to_frame(self) -> dict:
         return {"type": self.kind, "cursor": self.cursor, **self.payload}

@@ -5,7 +5,8 @@ members         who is in which conversation (and so who gets its events)
 messages        the durable log; (conversation_id, seq) is the order, and the unique
                 (conversation_id, sender, client_msg_id) makes a retried send find its original
 mailboxes       one row per user: head is the last cursor handed out, pruned_through the last
-                cursor deleted by retention, acked the highest cursor a client acknowledged
+                cursor deleted by retention, acked the highest cursor a client acknowledged,
+                region the home region its mailbox is live in
 mailbox_events  the per-user cursor log; a message event points at its message row instead of
                 copying the body to every member
 read_marks      the highest seq each member marked read
@@ -78,6 +79,9 @@ mailboxes = Table(
     Column("head", BigInteger, nullable=False, server_default="0"),
     Column("pruned_through", BigInteger, nullable=False, server_default="0"),
     Column("acked", BigInteger, nullable=False, server_default="0"),
+    # The user's home region, recorded when a socket attaches there (NULL: the default region):
+    # a commit's cursor allocation returns it, so the sequencer pushes to the right region.
+    Column("region", String(64), nullable=True),
 )
 
 mailbox_events = Table(

@@ -32,6 +32,16 @@ def _unavailable(error: Exception) -> StorageUnavailable:
     return StorageUnavailable(f"database unavailable: {type(error).__name__}: {first_line}")
 
 
+# A mailbox's home region, recorded when a socket attaches there. The row is locked even when the
+# region is already right (ON CONFLICT locks the row it found), which orders the claim against
+# the commits allocating the user's cursors.
+CLAIM_MAILBOX = text(
+    "INSERT INTO mailboxes (user_id, region) VALUES (:user_id, :region)"
+    " ON CONFLICT (user_id) DO UPDATE SET region = excluded.region"
+    " WHERE mailboxes.region IS DISTINCT FROM excluded.region"
+)
+
+
 class SqlStore:
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -169,9 +179,14 @@ class SqlStore:
 
     # ---- mailboxes --------------------------------------------------------------------------
 
-    def mailbox_head(self, user_id: str) -> MailboxHead:
+    def mailbox_head(self, user_id: str, home_region: str | None = None) -> MailboxHead:
+        """The mailbox's head; with home_region, first record that the user's mailbox now lives
+        there (under the row's lock: a commit holding it finishes first, and its events are
+        then below the head read here, so the attach replays them; later commits see the region)."""
         try:
-            with self.engine.connect() as conn:
+            with self.engine.begin() as conn:
+                if home_region is not None:
+                    conn.execute(CLAIM_MAILBOX, {"user_id": user_id, "region": home_region})
                 row = conn.execute(
                     select(schema.mailboxes.c.head, schema.mailboxes.c.pruned_through).where(
                         schema.mailboxes.c.user_id == user_id
@@ -180,6 +195,15 @@ class SqlStore:
         except DATABASE_ERRORS as error:
             raise _unavailable(error) from error
         return MailboxHead(head=row[0], pruned_through=row[1]) if row else MailboxHead(0, 0)
+
+    def mailbox_regions(self, user_ids: list[str]) -> dict[str, str | None]:
+        if not user_ids:
+            return {}
+        rows = self._fetch_many(
+            "SELECT m.user_id, m.region FROM unnest(%s::text[]) AS k(user_id) JOIN mailboxes m USING (user_id)",
+            user_ids,
+        )
+        return dict(rows)
 
     def events_after(self, user_id: str, after: int, through: int, limit: int) -> list[MailboxEvent]:
         query = text(

@@ -30,7 +30,12 @@ class Store(Protocol):
         """Commit the batch in one transaction, assigning each event its cursor. With timeout_s,
         a transaction that would take longer fails instead (StorageUnavailable, nothing written)."""
 
-    def mailbox_head(self, user_id: str) -> MailboxHead: ...
+    def mailbox_head(self, user_id: str, home_region: str | None = None) -> MailboxHead:
+        """The mailbox's head; with home_region, first record that its user's mailbox lives in
+        that region now (a commit's events then carry it: MailboxEvent.region)."""
+
+    def mailbox_regions(self, user_ids: list[str]) -> dict[str, str | None]:
+        """The recorded home region of each of these users that has a mailbox row."""
 
     def events_after(self, user_id: str, after: int, through: int, limit: int) -> list[MailboxEvent]: ...
 

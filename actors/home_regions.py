@@ -1,0 +1,62 @@
+"""Which region each user's mailbox lives in, as a shard needs it to push to the right region.
+
+A commit learns each recipient's home region with its cursor (the mailbox row's `region`, set when
+a socket attaches there: storage/group_commit.py), so the commit path needs nothing from here but
+the fallback for users with none recorded. Typing is not committed: its recipients' regions come
+from what commits taught this shard, else from one read of the mailbox rows (at most one read at a
+time per shard, off the writer thread). A region no longer configured counts as the default one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+
+from switchboard.storage.store import Store
+
+# Users whose region is remembered; past this the memory starts over (one read per user again).
+REMEMBERED_MAX = 100_000
+
+
+class HomeRegions:
+    def __init__(self, regions: Iterable[str], default: str, store: Store | None = None,
+                 run_blocking: Callable[..., Awaitable] | None = None):
+        self.regions = frozenset(regions) | {default}
+        self.default = default
+        self.store = store
+        self.run_blocking = run_blocking
+        self._known: dict[str, str] = {}
+        self.reads = 0
+
+    @property
+    def single(self) -> bool:
+        """One region only: every user is at home here, and nothing needs looking up."""
+        return len(self.regions) == 1
+
+    def home(self, user_id: str, recorded: str | None) -> str:
+        """The region to push to, from the region a commit returned (none recorded: what this
+        shard learned otherwise, else the default); remembered for typing."""
+        if recorded is None:
+            region = self._known.get(user_id, self.default)
+        else:
+            region = recorded if recorded in self.regions else self.default
+        self.learn(user_id, region)
+        return region
+
+    def learn(self, user_id: str, region: str) -> None:
+        if self.single or region not in self.regions:
+            return
+        if len(self._known) >= REMEMBERED_MAX:
+            self._known.clear()
+        self._known[user_id] = region
+
+    async def homes(self, user_ids: list[str]) -> dict[str, str]:
+        """user_id -> home region for each of user_ids (one read for those not remembered)."""
+        if self.single:
+            return dict.fromkeys(user_ids, self.default)
+        unknown = [user_id for user_id in user_ids if user_id not in self._known]
+        if unknown and self.store is not None:
+            self.reads += 1
+            recorded = await self.run_blocking(self.store.mailbox_regions, unknown)
+            for user_id in unknown:
+                self.home(user_id, recorded.get(user_id))
+        return {user_id: self._known.get(user_id, self.default) for user_id in user_ids}
