@@ -24,7 +24,7 @@ class HomeRegions:
         self.default = default
         self.store = store
         self.run_blocking = run_blocking
-        self._known: dict[str, str] = {}
+        self._known: dict[str, str | None] = {}  # None: read, and none recorded
         self.reads = 0
 
     @property
@@ -32,18 +32,27 @@ class HomeRegions:
         """One region only: every user is at home here, and nothing needs looking up."""
         return len(self.regions) == 1
 
-    def home(self, user_id: str, recorded: str | None) -> str:
-        """The region to push to, from the region a commit returned (none recorded: what this
-        shard learned otherwise, else the default); remembered for typing."""
+    def home(self, user_id: str, recorded: str | None, unrecorded: str | None = None) -> str:
+        """The region to push to, from the region a commit returned (remembered for typing). None
+        recorded (the user never attached a socket): what this shard learned otherwise, else
+        `unrecorded` (the committing shard's own region: a conversation's members are most often
+        its creator's neighbours, and a user with no socket anywhere loses nothing by a guess,
+        since replay on attach reads PostgreSQL), else the default. A guess is not remembered."""
         if recorded is None:
-            region = self._known.get(user_id, self.default)
-        else:
-            region = recorded if recorded in self.regions else self.default
+            known = self._known.get(user_id)
+            if known is not None:
+                return known
+            return unrecorded if unrecorded in self.regions else self.default
+        region = recorded if recorded in self.regions else self.default
         self.learn(user_id, region)
         return region
 
     def learn(self, user_id: str, region: str) -> None:
-        if self.single or region not in self.regions:
+        if region in self.regions:
+            self._remember(user_id, region)
+
+    def _remember(self, user_id: str, region: str | None) -> None:
+        if self.single:
             return
         if len(self._known) >= REMEMBERED_MAX:
             self._known.clear()
@@ -58,5 +67,7 @@ class HomeRegions:
             self.reads += 1
             recorded = await self.run_blocking(self.store.mailbox_regions, unknown)
             for user_id in unknown:
-                self.home(user_id, recorded.get(user_id))
-        return {user_id: self._known.get(user_id, self.default) for user_id in user_ids}
+                region = recorded.get(user_id)
+                # No record (never attached): remembered as such, so typing reads it once only.
+                self._remember(user_id, region if region is None or region in self.regions else self.default)
+        return {user_id: self._known.get(user_id) or self.default for user_id in user_ids}

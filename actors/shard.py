@@ -148,7 +148,7 @@ class MailboxShard:
     def _fan_out(self, events: list[MailboxEvent]) -> None:
         """Each event to its recipient's home region: this region's by the ring, another
         region's in one hand-off per region (the peer link splits it by that region's ring)."""
-        by_region = group_by(events, lambda event: self.homes.home(event.user_id, event.region))
+        by_region = group_by(events, lambda event: self.homes.home(event.user_id, event.region, self.region))
         for region, region_events in by_region.items():
             if region != self.region:
                 self.peers.deliver_abroad(region, region_events)

@@ -54,6 +54,19 @@ async def test_home_regions_read_unknown_users_once_and_default_the_rest():
     assert homes.reads == 1
 
 
+async def test_a_user_with_no_recorded_home_goes_to_the_committing_region_and_is_not_remembered_there():
+    store = MemoryStore()
+    homes = HomeRegions(REGIONS, "eu", store, run_now)
+    assert homes.home("frank", None, "us") == "us"  # never attached: the sequencer's own region
+    assert homes.home("frank", None, "ap-south") == "ap-south"  # a guess each time, not a memory
+    assert homes.home("frank", None, "gone") == "eu"
+    assert homes.home("frank", "ap-south", "us") == "ap-south"  # once recorded, that wins
+    assert homes.home("frank", None, "us") == "ap-south"
+    assert await homes.homes(["gina"]) == {"gina": "eu"}  # typing reads her: no record
+    assert homes.home("gina", None, "us") == "us"  # read, none recorded: still a guess
+    assert await homes.homes(["gina"]) == {"gina": "eu"} and homes.reads == 1  # and read once only
+
+
 def test_what_a_commit_returns_is_remembered_and_the_memory_is_bounded():
     homes = HomeRegions(REGIONS, "eu")
     assert homes.home("carol", "us") == "us"
