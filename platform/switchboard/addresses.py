@@ -20,3 +20,8 @@ def http_url(settings: Settings) -> str:
 
 def ws_url(settings: Settings) -> str:
     return f"ws://{local_host(settings)}:{settings.port}/v1/ws"
+
+
+def region_http_url(settings: Settings, region: str) -> str:
+    """The region's gateway entry point from this machine (gateway/entry_points.py)."""
+    return f"{http_url(settings)}/regions/{region}"

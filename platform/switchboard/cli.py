@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 
 from switchboard import ray_head
-from switchboard.addresses import http_url, ws_url
+from switchboard.addresses import http_url, region_http_url, ws_url
 from switchboard.auth import DEFAULT_TOKEN_TTL_S
 from switchboard.client_commands import add_client_commands
 from switchboard.settings import Settings, SettingsError, redact_url, unknown_variables
@@ -63,6 +63,7 @@ def initial_state(settings: Settings, ray_owner: str | None) -> dict:
         "shards_per_region": settings.shards_per_region,
         "http_url": http_url(settings),
         "ws_url": ws_url(settings),
+        "region_urls": {region: region_http_url(settings, region) for region in settings.regions},
         "dashboard_url": ray_head.DEFAULT_DASHBOARD_URL,
         "started_at": time.time(),
     }
@@ -101,12 +102,21 @@ def bring_up(settings: Settings) -> int:
     return 0
 
 
+def region_lines(state: dict) -> str:
+    """Each region's own entry point, when there are several (gateway/entry_points.py)."""
+    urls = state.get("region_urls") or {}
+    if len(urls) < 2:
+        return ""
+    return "".join(f"\n  Region {region:<7} {url}   (WebSocket {url.replace('http', 'ws', 1)}/v1/ws)"
+                   for region, url in urls.items())
+
+
 def print_up_banner(settings: Settings, state: dict) -> None:
     database = (f"embedded PostgreSQL under {Path(settings.data_dir).expanduser()}"
                 if state["embedded_postgres"] else f"DATABASE_URL {state['database_url']}")
     print(f"""Switchboard is up.
   HTTP API       {state['http_url']}/v1   (GET {state['http_url']}/v1/health)
-  WebSocket      {state['ws_url']}
+  WebSocket      {state['ws_url']}{region_lines(state)}
   Ray dashboard  {state['dashboard_url']}
   Database       {database}
   State file     {state_path(settings)}
@@ -236,6 +246,9 @@ def cmd_status(_: argparse.Namespace) -> int:
     print(f"ray       {'up, dashboard ' + ray_head.dashboard_url() if ray_up else 'not running'}")
     answer = health(http_url(settings))
     print(f"health    {http_url(settings)}/v1/health: {answer}")
+    if len(settings.regions) > 1:
+        for region in settings.regions:
+            print(f"  {region:<7} {region_http_url(settings, region)}/v1/health: {health(region_http_url(settings, region))}")
     if state:
         kind = "embedded PostgreSQL" if state.get("embedded_postgres") else "DATABASE_URL"
         print(f"database  {kind} {state.get('database_url') or '(not started)'}")

@@ -16,7 +16,7 @@ from ray import serve
 
 from switchboard.actors import registry
 from switchboard.actors.remote import start_region
-from switchboard.addresses import http_url, ws_url
+from switchboard.addresses import http_url, region_http_url, ws_url
 from switchboard.ray_loopback import LOOPBACK, keep_ray_on_loopback
 from switchboard.settings import Settings, SettingsError
 from switchboard.storage.database import make_engine, migrate, start_embedded_postgres, stop_embedded_postgres
@@ -148,7 +148,9 @@ def start_platform(settings: Settings, ray_address: str | None = None, keep_post
 
     deploy(settings, database_url)
     platform = Platform(settings=settings, database_url=database_url, embedded_postgres=embedded)
-    wait_healthy(platform.http_url)
+    others = [region_http_url(settings, region) for region in settings.regions if region != settings.region]
+    for url in [platform.http_url, *others]:
+        wait_healthy(url)  # every region's entry point (gateway/entry_points.py)
     return platform
 
 

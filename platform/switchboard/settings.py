@@ -62,6 +62,10 @@ class Settings:
     # restart on its mirror's nodes. A region not listed is mirrored by the next one in `regions`
     # (the last by the first); a lone region has none.
     region_mirrors: tuple[str, ...] = ()
+    # Each region's public gateway URL as `eu=https://eu.chat.example.com,...`, for clients and
+    # the web page's failover list (GET /v1/gateways). A region not listed is reached at its path
+    # on the host the client uses: `/regions/<region>` (docs/ARCHITECTURE.md "Gateway entry points").
+    region_urls: tuple[str, ...] = ()
     namespace: str = "switchboard"
     # Mailbox-shard actors per region. One per two cores or so: on the 2-core reference machine
     # one shard beats two (no cross-shard delivery hop, larger group commits, one process fewer

@@ -210,6 +210,7 @@ def _check_names(settings: Settings) -> None:
         if not REGION_NAME_RE.fullmatch(region):
             raise SettingsError(f"{variable_name('regions')} holds {region!r}, which is not a region name: {rule}")
     _check_mirrors(settings)
+    _check_region_urls(settings)
     for origin in settings.allowed_origins:
         if not _is_origin(origin):
             raise SettingsError(f"{variable_name('allowed_origins')} holds {origin!r}, which is not an origin: "
@@ -233,6 +234,17 @@ def _check_mirrors(settings: Settings) -> None:
         if region in seen:
             raise SettingsError(f"{name} names a mirror for {region!r} twice")
         seen.add(region)
+
+
+def _check_region_urls(settings: Settings) -> None:
+    name = variable_name("region_urls")
+    for pair in settings.region_urls:
+        region, equals, url = (part.strip() for part in pair.partition("="))
+        parts = urlsplit(url)
+        if (not equals or region not in settings.regions or parts.scheme not in ("http", "https")
+                or not parts.hostname or parts.query or parts.fragment or any(c.isspace() for c in url)):
+            raise SettingsError(f"{name} holds {pair!r}: each entry must be region=http(s)://host[:port][/path], "
+                                f"for a region of {variable_name('regions')}")
 
 
 def _is_origin(origin: str) -> bool:

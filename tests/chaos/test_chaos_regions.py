@@ -32,6 +32,14 @@ def test_the_region_faults_struck_and_were_timed(regions_run):
     figures, output = regions_run
     assert figures["faults"].get("region_loss", 0) >= 1 and figures["faults"].get("region_return", 0) >= 1, output
     assert figures["skipped_faults"] == {}, output
-    print(f"\ntakeover_s {figures['takeover_s']}, handback_pause_s {figures['handback_pause_s']}")
+    print(f"\ntakeover_s {figures['takeover_s']}, handback_pause_s {figures['handback_pause_s']}, "
+          f"handback_send_p99_s {figures['handback_send_p99_s']}")
     assert figures["takeover_s"]["max"] is not None and figures["takeover_s"]["max"] < 30, output
     assert figures["handback_pause_s"]["max"] is not None, output
+
+
+def test_users_live_in_every_region_and_use_foreign_gateways(regions_run):
+    figures, output = regions_run
+    layout = figures["layout"]
+    assert set(layout["homes"]) == {"eu", "us"} and min(layout["homes"].values()) >= 3, output
+    assert layout["on_foreign_gateway"] >= 2 and layout["cross_region_conversations"] >= 1, output

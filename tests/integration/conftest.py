@@ -119,8 +119,8 @@ async def new_user(sb):
     """Factory: a fresh user (unique id, token, HTTP client); everything is closed after the test."""
     made: list[User] = []
 
-    def make(prefix: str = "u", region: str | None = None) -> User:
-        user = User(sb, unique_user(prefix), region=region)
+    def make(prefix: str = "u", region: str | None = None, gateway: str | None = None) -> User:
+        user = User(sb, unique_user(prefix), region=region, gateway=gateway)
         made.append(user)
         return user
 

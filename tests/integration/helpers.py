@@ -262,15 +262,22 @@ class Api:
 class User:
     """A test user: its id, a token, its HTTP client, and a way to open sockets."""
 
-    def __init__(self, platform, user_id: str, region: str | None = None):
+    def __init__(self, platform, user_id: str, region: str | None = None, gateway: str | None = None):
+        """region: the token's claim (the user's home); gateway: the region whose entry point
+        (`/regions/<gateway>`) the user's HTTP calls and sockets go to (default: the platform's
+        root URL, the default region's)."""
         self.platform = platform
         self.user_id = user_id
         self.token = mint_token(platform.settings.jwt_secret, user_id, region=region)
-        self.api = Api(platform.http_url, user_id, self.token)
+        self.http_url = platform.http_url + (f"/regions/{gateway}" if gateway else "")
+        self.ws_url = self.http_url.replace("http", "ws", 1) + "/v1/ws"
+        self.api = Api(self.http_url, user_id, self.token)
         self.sockets: list[WsClient] = []
 
-    async def ws(self, since: int | None = None, wait_ready: bool = True) -> WsClient:
-        client = await open_ws(self.platform.ws_url, self.user_id, self.token, since, wait_ready)
+    async def ws(self, since: int | None = None, wait_ready: bool = True, gateway: str | None = None) -> WsClient:
+        """A socket on the user's gateway, or on the `gateway` region's entry point."""
+        ws_url = self.ws_url if gateway is None else f"{self.platform.ws_url.removesuffix('/v1/ws')}/regions/{gateway}/v1/ws"
+        client = await open_ws(ws_url, self.user_id, self.token, since, wait_ready)
         self.sockets.append(client)
         return client
 

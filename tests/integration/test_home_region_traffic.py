@@ -28,8 +28,9 @@ SHARD_TRAFFIC_KINDS = ("deliver", "deliver_ephemeral")
 SETTLE_S = 0.5
 
 
-async def gateway_calls() -> Counter:
-    handle = serve.get_deployment_handle("Gateway", "switchboard")
+async def gateway_calls(app: str = "switchboard") -> Counter:
+    """The cross-region calls of a region's gateway replica (its application: entry_points.py)."""
+    handle = serve.get_deployment_handle("Gateway", app)
     return Counter(await handle.cross_region_calls.remote())
 
 
@@ -43,9 +44,9 @@ async def shard_calls(sb) -> dict[str, Counter]:
     return totals
 
 
-async def snapshot(sb) -> tuple[Counter, dict[str, Counter]]:
+async def snapshot(sb, app: str = "switchboard") -> tuple[Counter, dict[str, Counter]]:
     await asyncio.sleep(SETTLE_S)
-    return await gateway_calls(), await shard_calls(sb)
+    return await gateway_calls(app), await shard_calls(sb)
 
 
 def grown(before: Counter, after: Counter, kinds) -> dict[str, int]:

@@ -78,6 +78,10 @@ class ChatPage:
         self.name = name
         driver.get(base_url + "/")
 
+    def gateway(self) -> str:
+        """The base URL of the gateway the page is using now (gateways.js)."""
+        return self.driver.execute_script("return window.switchboard.gateways.base;")
+
     # ---- actions ----------------------------------------------------------------------------
 
     def paste_token(self, token: str) -> None:
@@ -197,7 +201,8 @@ def open_page(sb):
 
     drivers, profiles = [], []
 
-    def make(name: str) -> ChatPage:
+    def make(name: str, path: str = "") -> ChatPage:
+        """path: a region's entry point (`/regions/eu`) to load the page from, else the root."""
         options = webdriver.ChromeOptions()
         options.binary_location = CHROMIUM
         for flag in CHROMIUM_FLAGS:
@@ -208,7 +213,7 @@ def open_page(sb):
         # Given a driver path, Selenium never runs Selenium Manager (which would try to download).
         driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
         drivers.append(driver)
-        return ChatPage(driver, sb.http_url, name)
+        return ChatPage(driver, sb.http_url + path, name)
 
     yield make
     for driver in drivers:
@@ -217,9 +222,9 @@ def open_page(sb):
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def signed_in(open_page, sb, user_id: str) -> ChatPage:
-    page = open_page(user_id)
-    page.sign_in_with_token(mint_token(sb.settings.jwt_secret, user_id), user_id)
+def signed_in(open_page, sb, user_id: str, region: str | None = None, path: str = "") -> ChatPage:
+    page = open_page(user_id, path)
+    page.sign_in_with_token(mint_token(sb.settings.jwt_secret, user_id, region=region), user_id)
     return page
 
 
@@ -327,6 +332,41 @@ def test_offline_user_comes_back_to_every_message_once_and_in_order(open_page, s
     assert stats["repeatedCursors"] == 0 and stats["resyncs"] == 0, stats
     # Bob has now read alice's messages up to seq 7 (drawn under 7, as his own 8 is newer).
     wait_for(alice.receipts, lambda r: r == {7: f"Read by {bob_id}"}, "bob's receipt after coming back")
+
+
+def test_the_page_fails_over_to_the_next_regions_gateway_and_resumes(open_page, sb):
+    """Bob (home eu) uses eu's entry point; it goes away (its Serve application deleted, as a
+    lost region's ingress would): the page moves to the next gateway of its list (local's),
+    resumes with `since`, and misses nothing. eu's entry point is deployed again afterwards."""
+    from ray import serve
+    from switchboard.gateway.app import deploy
+    from switchboard.local import wait_healthy
+
+    alice_id, bob_id = unique_user("alice"), unique_user("bob")
+    alice = signed_in(open_page, sb, alice_id)
+    bob = signed_in(open_page, sb, bob_id, region="eu", path="/regions/eu")
+    assert bob.gateway() == f"{sb.http_url}/regions/eu"
+    alice.create_conversation([bob_id], "Failover")
+    bob.open_conversation("Failover")
+    alice.send("before")
+    wait_for(bob.messages, lambda m: m == [(1, alice_id, "before")], "the first message on bob's page")
+    try:
+        serve.delete("switchboard-eu")
+        wait_for(bob.gateway, lambda base: base == f"{sb.http_url}/regions/local", "bob's page to move to local's gateway",
+                 timeout=60)
+        alice.send("while eu is gone")
+        bob.send("from the mirror")
+        everything = [(1, alice_id, "before"), (2, alice_id, "while eu is gone"), (3, bob_id, "from the mirror")]
+        wait_for(bob.messages, lambda m: sorted(m) == everything, "every message on bob's page", timeout=60)
+        wait_for(alice.messages, lambda m: sorted(m) == everything, "bob's message on alice's page")
+        assert bob.connection_state() == "connected"
+        stats = bob.stats()
+        assert stats["lastSince"] is not None and stats["lastSince"] >= 1, stats  # resumed, not started over
+        assert stats["repeatedCursors"] == 0 and stats["resyncs"] == 0, stats
+        assert stored_messages(sb, bob_id, open_conversation_id(bob)) == everything
+    finally:
+        deploy(sb.settings, sb.database_url)
+        wait_healthy(f"{sb.http_url}/regions/eu")
 
 
 def test_dev_sign_in_is_refused_with_dev_mode_off(open_page, sb):

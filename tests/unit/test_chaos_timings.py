@@ -96,3 +96,29 @@ def test_a_sent_for_a_message_committed_before_the_outage_is_true():
     )
     report = outage_report([outage()], timeline, send_timeout_s=5.0)
     assert report.problems == []
+
+
+def test_with_regions_only_the_struck_regions_conversations_and_users_count():
+    from switchboard.chaos.timings import StruckRegion
+    from switchboard.protocol import new_conversation_id
+
+    def on_shard(make, shard, pick):
+        return next(x for x in (make(n) for n in range(5000)) if pick(x) == shard)
+
+    eu_cid = on_shard(lambda n: new_conversation_id("eu"), 0, RING.conversation_shard)
+    us_cid = on_shard(lambda n: new_conversation_id("us"), 0, RING.conversation_shard)
+    kill = FaultRecord("shard_kill", at=100.0, wall_ms=1_000_000, killed_shards=frozenset({0}))
+    timeline = Timeline(
+        answers=[Answer(101.0, "a", 0, "m1", "sent", {"conversation_id": us_cid, "ts": 1_001_000}),
+                 Answer(103.0, "a", 0, "m2", "sent", {"conversation_id": eu_cid, "ts": 1_003_000})],
+        deliveries=[Delivery(101.5, user_on(0), us_cid, 1_001_000),  # homed in us: not struck
+                    Delivery(104.0, "other", eu_cid, 1_003_000)],
+    )
+    homes = {user_on(0): "us", "other": None}
+    other_on_0 = RING.user_shard("other") == 0
+    struck = StruckRegion("eu", ("eu", "us"), homes)
+    [recovery] = shard_recoveries([kill], timeline, RING, struck)
+    assert recovery.sequencer_s == 3.0  # us's conversation on shard 0 was not lost
+    assert recovery.mailbox_s == (4.0 if other_on_0 else None)
+    [unaware] = shard_recoveries([kill], timeline, RING)
+    assert (unaware.sequencer_s, unaware.mailbox_s) == (1.0, 1.5)

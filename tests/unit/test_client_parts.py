@@ -64,6 +64,13 @@ def test_tls_urls_stay_tls_and_junk_is_refused():
         http_url("127.0.0.1:8000")
 
 
+@pytest.mark.parametrize("given", ["http://127.0.0.1:8000/regions/eu", "http://127.0.0.1:8000/regions/eu/",
+                                   "ws://127.0.0.1:8000/regions/eu/v1/ws", "http://127.0.0.1:8000/regions/eu?x=1"])
+def test_a_regions_path_is_kept(given):
+    assert http_url(given) == "http://127.0.0.1:8000/regions/eu"
+    assert ws_url(given) == "ws://127.0.0.1:8000/regions/eu/v1/ws"
+
+
 # ---- events --------------------------------------------------------------------------------------
 
 def test_server_frames_become_typed_events_and_extra_fields_are_ignored():

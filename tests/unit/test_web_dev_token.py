@@ -16,9 +16,9 @@ from switchboard.settings import Settings
 SECRET = "unit-test-secret-" + "x" * 64
 
 
-def client(dev_mode: bool) -> TestClient:
-    settings = Settings(jwt_secret=SECRET, dev_mode=dev_mode)
-    return TestClient(build_app(SimpleNamespace(settings=settings)))
+def client(dev_mode: bool, **settings_changes) -> TestClient:
+    settings = Settings(jwt_secret=SECRET, dev_mode=dev_mode, **settings_changes)
+    return TestClient(build_app(SimpleNamespace(settings=settings, home_region=settings.region)))
 
 
 def assert_error(response, status: int, code: str) -> None:
@@ -63,9 +63,10 @@ def test_the_page_and_its_files_are_served_with_a_strict_content_policy():
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
     assert "script-src 'self'" in page.headers["content-security-policy"]
-    assert '/static/app.js"' in page.text and '/static/style.css"' in page.text
+    # Relative to the page's own URL, so that it works under a region's path too.
+    assert '"static/app.js"' in page.text and '"static/style.css"' in page.text
     for name, media_type in (("app.js", "text/javascript"), ("api.js", "text/javascript"),
-                             ("connection.js", "text/javascript"), ("conversations.js", "text/javascript"),
+                             ("connection.js", "text/javascript"), ("gateways.js", "text/javascript"), ("conversations.js", "text/javascript"),
                              ("view.js", "text/javascript"), ("style.css", "text/css")):
         response = web.get(f"/static/{name}")
         assert response.status_code == 200, name
@@ -78,3 +79,28 @@ def test_the_page_and_its_files_are_served_with_a_strict_content_policy():
 def test_only_the_pages_own_files_are_served(path):
     assert_error(client(dev_mode=False).get(path), 404, "not_found")
 
+
+
+def test_the_default_regions_app_answers_under_its_region_path_too():
+    web = client(dev_mode=False, region="eu", regions=("eu", "us"))
+    moved = web.get("/regions/eu", follow_redirects=False)
+    assert moved.status_code in (307, 308) and moved.headers["location"].endswith("/regions/eu/")
+    assert web.get("/regions/eu/").text == web.get("/").text
+    assert web.get("/regions/eu/static/app.js").status_code == 200
+    assert web.get("/regions/eu/v1/gateways").json() == web.get("/v1/gateways").json()
+    assert_error(web.get("/regions/euro/v1/gateways"), 404, "not_found")  # a prefix of a name is not it
+
+
+def test_gateways_lists_this_region_first_then_its_mirror_then_the_rest():
+    web = client(dev_mode=False, region="us", regions=("eu", "us", "ap"), region_mirrors=("us=eu",),
+                 region_urls=("ap=https://ap.chat.example.com",))
+    assert web.get("/v1/gateways").json() == {"region": "us", "gateways": [
+        {"region": "us", "url": "/regions/us"}, {"region": "eu", "url": "/regions/eu"},
+        {"region": "ap", "url": "https://ap.chat.example.com"}]}
+
+
+def test_the_pages_policy_lets_it_connect_to_the_configured_region_urls():
+    web = client(dev_mode=False, region="eu", regions=("eu", "us"), region_urls=("us=https://us.chat.example.com",))
+    policy = web.get("/").headers["content-security-policy"]
+    assert "connect-src 'self' https://us.chat.example.com wss://us.chat.example.com;" in policy
+    assert "connect-src 'self';" in client(dev_mode=False).get("/").headers["content-security-policy"]

@@ -1,6 +1,6 @@
 """The region faults of the chaos run (issue #10 point 6):
 
-  region_loss    every worker node of the default region (the traffic's home) removed at once; its
+  region_loss    every worker node of the default region (where the faults strike) removed at once; its
                  router and shards restart on the mirror region's nodes (a takeover)
   region_return  a worker node of the region lost last joins again; its router moves the region's
                  actors home by a planned handoff (actors/handback.py)

@@ -46,7 +46,9 @@ from .snapshot import database_state, mailbox_heads
 from .timings import (
     OutageReport,
     Recovery,
+    StruckRegion,
     outage_report,
+    send_p99s,
     send_pauses,
     shard_recoveries,
     summarize,
@@ -59,7 +61,11 @@ log = logging.getLogger(__name__)
 QUIESCE_TIMEOUT_S = 120.0
 # Traffic runs this long before the first fault, so every conversation has history when it strikes.
 WARM_UP_S = 5.0
-GATEWAY_REPLICAS = 2
+def gateway_replicas(regions) -> int:
+    """Each region's entry point's replicas in the run (see ChaosRun)."""
+    return 2 if len(regions) < 2 else 1
+
+
 # Per-user send rate limit for the run: well above the traffic's own rate, so refusals come from faults.
 SEND_RATE_PER_S = 1000.0
 
@@ -122,12 +128,15 @@ class ChaosRun:
             region=args.regions[0],
             regions=args.regions,
             shards_per_region=args.shards,
-            # Two gateway replicas on the head node: a gateway_kill drops half the clients, who
-            # resume on the other at once, and a node_remove takes shards, never a replica (when it
-            # also took the only replica, it measured Serve replacing that, up to ~10 s, not the
-            # shards' recovery).
-            min_replicas=GATEWAY_REPLICAS,
-            max_replicas=GATEWAY_REPLICAS,
+            # Gateway replicas on the head node, so a node_remove takes shards, never a replica
+            # (when it also took the only replica, it measured Serve replacing that, up to ~10 s,
+            # not the shards' recovery). One region: two replicas, so a gateway_kill drops half the
+            # clients, who resume on the other at once. Several: one per region's entry point
+            # (six processes for three regions left the 2-core machine short: hand-back sends
+            # waited up to 4.3 s); a gateway_kill then sends that entry point's clients on to the
+            # next region's gateway (the SDK's failover), resuming with `since` there.
+            min_replicas=gateway_replicas(args.regions),
+            max_replicas=gateway_replicas(args.regions),
             gateway_node_resource=INGRESS_RESOURCE,
             send_rate_per_s=SEND_RATE_PER_S,
             send_burst=int(SEND_RATE_PER_S),
@@ -201,7 +210,7 @@ class ChaosRun:
     def run(self, context: FaultContext) -> tuple[Report, Traffic]:
         url = f"http://{self.settings.host}:{self.settings.port}"
         traffic = Traffic(url, self.settings.jwt_secret, self.run_id, self.args.users, self.args.shards,
-                          self.args.rate, self.args.seed)
+                          self.args.rate, self.args.seed, list(self.settings.regions))
         engine = make_engine(context.database_url, pool_size=1)
         loop = asyncio.new_event_loop()
         thread = threading.Thread(target=loop.run_forever, name="chaos-traffic", daemon=True)
@@ -246,7 +255,8 @@ class ChaosRun:
 # ---- the report ---------------------------------------------------------------------------------
 
 def figures(report: Report, records: list[FaultRecord], recoveries: list[Recovery], outage: OutageReport,
-            failures: list[str], notes: list[str], pauses: list[float]) -> dict:
+            failures: list[str], notes: list[str], pauses: list[float], layout: dict | None = None,
+            p99s: list[float] | None = None) -> dict:
     counted = collections.Counter(r.kind for r in records if not r.skipped)
     skipped = collections.Counter(r.kind for r in records if r.skipped)
     return {
@@ -260,6 +270,7 @@ def figures(report: Report, records: list[FaultRecord], recoveries: list[Recover
         "recovery_s": summarize(recoveries),
         "takeover_s": summarize([r for r in recoveries if r.kind == "region_loss"]),
         "handback_pause_s": summarize_seconds(pauses),
+        "handback_send_p99_s": summarize_seconds(p99s or []),
         "violations": len(report.violations),
         "violations_by_guarantee": {str(g): len(v) for g, v in report.by_guarantee().items()},
         "resyncs": report.resyncs,
@@ -267,6 +278,7 @@ def figures(report: Report, records: list[FaultRecord], recoveries: list[Recover
         "db_outage": {**outage.to_json(), "problems": len(outage.problems)},
         "refused_for_good": len(failures),
         "incomplete": len(notes),
+        "layout": layout or {},
     }
 
 
@@ -355,8 +367,10 @@ def main(argv: list[str] | None = None) -> int:
         run.stop()
     incomplete = run.notes
     setup_notes = run.setup_notes + [
-        f"{args.users} users, {len(traffic.conversations)} conversations, {args.shards} shards, seed {args.seed}"]
-    recoveries = shard_recoveries(run.records, traffic.timeline, run.ring)
+        f"{args.users} users, {len(traffic.conversations)} conversations, {args.shards} shards, seed {args.seed}",
+        f"layout: {traffic.layout()}"]
+    struck = StruckRegion(run.settings.region, run.settings.regions, traffic.homes())
+    recoveries = shard_recoveries(run.records, traffic.timeline, run.ring, struck)
     outage = outage_report(run.records, traffic.timeline, run.settings.send_timeout_s)
     failures = traffic.failures()
     sys.stdout = report_out
@@ -367,7 +381,9 @@ def main(argv: list[str] | None = None) -> int:
         dump(args.dump, traffic, run.records)
     if args.json:
         pauses = send_pauses(run.records, traffic.timeline, "region_return")
-        print(json.dumps(figures(report, run.records, recoveries, outage, failures, incomplete, pauses)), flush=True)
+        p99s = send_p99s(run.records, traffic.timeline, "region_return")
+        print(json.dumps(figures(report, run.records, recoveries, outage, failures, incomplete, pauses,
+                                 traffic.layout(), p99s)), flush=True)
     return 0 if _passed(report, outage, failures, incomplete) else 1
 
 

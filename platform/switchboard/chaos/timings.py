@@ -11,9 +11,11 @@ process still did counts). Both are measured where a user sees them, at the clie
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 
 from switchboard.actors.ring import Ring
+from switchboard.protocol import conversation_region
 
 from .faults import FaultRecord
 from .traffic import Timeline
@@ -38,7 +40,29 @@ class Recovery:
         return max(parts) if parts else None
 
 
-def shard_recoveries(records: list[FaultRecord], timeline: Timeline, ring: Ring) -> list[Recovery]:
+@dataclasses.dataclass(frozen=True)
+class StruckRegion:
+    """Which users and conversations the faults' shards serve when there are several regions (the
+    faults strike the default region's shards): a conversation by the region its id names, a user
+    by its home (None: no claim, the default)."""
+
+    region: str
+    regions: tuple[str, ...]
+    homes: dict  # user_id -> home region or None
+
+    def has_conversation(self, conversation_id: str) -> bool:
+        return conversation_region(conversation_id, self.regions, self.region) == self.region
+
+    def has_user(self, user_id: str) -> bool:
+        return (self.homes.get(user_id) or self.region) == self.region
+
+
+def shard_recoveries(records: list[FaultRecord], timeline: Timeline, ring: Ring,
+                     struck: StruckRegion | None = None) -> list[Recovery]:
+    """struck: with several regions, only the struck region's conversations and users count
+    (another region's shard of the same index was not lost)."""
+    in_conversation = struck.has_conversation if struck else (lambda _: True)
+    in_user = struck.has_user if struck else (lambda _: True)
     recoveries = []
     for record in records:
         if not record.killed_shards or record.skipped:
@@ -48,11 +72,12 @@ def shard_recoveries(records: list[FaultRecord], timeline: Timeline, ring: Ring)
             answer.at - record.at for answer in timeline.answers
             if answer.kind == "sent" and answer.at > record.at and answer.message["ts"] >= since_ms
             and ring.conversation_shard(answer.message["conversation_id"]) in record.killed_shards
+            and in_conversation(answer.message["conversation_id"])
         ]
         mailbox = [
             delivery.at - record.at for delivery in timeline.deliveries
             if delivery.at > record.at and delivery.ts_ms >= since_ms
-            and ring.user_shard(delivery.user_id) in record.killed_shards
+            and ring.user_shard(delivery.user_id) in record.killed_shards and in_user(delivery.user_id)
         ]
         restarted_s = (record.restarted_wall_ms - record.wall_ms) / 1000 if record.restarted_wall_ms else None
         recoveries.append(Recovery(record.kind, record.detail, min(sequencer, default=None),
@@ -138,9 +163,10 @@ def outage_report(records: list[FaultRecord], timeline: Timeline, send_timeout_s
     return report
 
 
-def send_pauses(records: list[FaultRecord], timeline: Timeline, kind: str) -> list[float]:
-    """For each fault of `kind` (a hand back): the longest a send waited for its `sent`, among the
-    sends first attempted from the fault until a second after its shards had all started again."""
+def send_waits(records: list[FaultRecord], timeline: Timeline, kind: str) -> list[list[float]]:
+    """For each fault of `kind` (a hand back): how long each send waited for its `sent`, among the
+    sends first attempted from the fault until a second after its shards had all started again
+    (a fault with no such send is left out)."""
     first_attempt: dict[str, float] = {}
     for attempt in timeline.attempts:
         first_attempt.setdefault(attempt.client_msg_id, attempt.at)
@@ -148,7 +174,7 @@ def send_pauses(records: list[FaultRecord], timeline: Timeline, kind: str) -> li
     for answer in timeline.answers:
         if answer.kind == "sent":
             committed.setdefault(answer.client_msg_id, answer.at)
-    pauses = []
+    per_fault = []
     for record in records:
         if record.kind != kind or record.skipped or record.restarted_wall_ms is None:
             continue
@@ -156,8 +182,23 @@ def send_pauses(records: list[FaultRecord], timeline: Timeline, kind: str) -> li
         waits = [committed[cid] - at for cid, at in first_attempt.items()
                  if record.at <= at <= window_end and cid in committed]
         if waits:
-            pauses.append(max(waits))
-    return pauses
+            per_fault.append(waits)
+    return per_fault
+
+
+def send_pauses(records: list[FaultRecord], timeline: Timeline, kind: str) -> list[float]:
+    """For each fault of `kind`: the longest wait of send_waits."""
+    return [max(waits) for waits in send_waits(records, timeline, kind)]
+
+
+def send_p99s(records: list[FaultRecord], timeline: Timeline, kind: str) -> list[float]:
+    """For each fault of `kind`: the 99th percentile of send_waits (nearest rank)."""
+    return [percentile(waits, 0.99) for waits in send_waits(records, timeline, kind)]
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
 
 
 def summarize_seconds(seconds: list[float]) -> dict:

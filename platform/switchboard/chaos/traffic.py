@@ -10,6 +10,7 @@ its mailbox head in the database.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import itertools
 import logging
@@ -165,12 +166,16 @@ def plan_conversations(user_ids: list[str], seed: int) -> list[list[str]]:
 # ---- one user ---------------------------------------------------------------------------------
 
 class ChaosUser:
-    def __init__(self, user_id: str, url: str, secret: str, timeline: Timeline, rate_per_s: float, seed: int):
+    def __init__(self, user_id: str, urls: list[str], secret: str, timeline: Timeline, rate_per_s: float, seed: int,
+                 region: str | None = None):
+        """urls: the gateways the user's client uses, the first first (it moves on to the next
+        when a session cannot be opened there); region: the token's claim, the user's home."""
         self.user_id = user_id
-        self.url = url
+        self.url = urls[0]
+        self.region = region
         self.recorder = WireRecorder(user_id, timeline)
-        self.token = mint_token(secret, user_id, ttl_s=24 * 3600)
-        self.client = Client(url, self.token, recorder=self.recorder, backoff=CLIENT_BACKOFF)
+        self.token = mint_token(secret, user_id, region=region, ttl_s=24 * 3600)
+        self.client = Client(urls, self.token, recorder=self.recorder, backoff=CLIENT_BACKOFF)
         self.conversations: list[str] = []
         self.rate_per_s = rate_per_s
         self.random = random.Random(seed)
@@ -234,14 +239,38 @@ class ChaosUser:
 
 # ---- all of them -----------------------------------------------------------------------------------
 
+def user_placements(count: int, regions: list[str]) -> list[tuple[str | None, str | None]]:
+    """For the n-th user: (home region, region of the gateway it connects to first). Homes go
+    round the regions, and every other user of a region starts on the next region's gateway, so
+    each region has users at home and abroad. One region: no claim, the root URL."""
+    if len(regions) < 2:
+        return [(None, None)] * count
+    placements = []
+    for n in range(count):
+        home = regions[n % len(regions)]
+        abroad = (n // len(regions)) % 2 == 1
+        placements.append((home, regions[(regions.index(home) + 1) % len(regions)] if abroad else home))
+    return placements
+
+
+def gateway_urls(base_url: str, regions: list[str], first: str | None) -> list[str]:
+    """Every region's entry point (`/regions/<region>`), `first` first, then the rest in order."""
+    if first is None:
+        return [base_url]
+    ordered = [first] + [region for region in regions if region != first]
+    return [f"{base_url}/regions/{region}" for region in ordered]
+
+
 class Traffic:
     def __init__(self, url: str, secret: str, run_id: str, users: int, shard_count: int,
-                 rate_per_s: float, seed: int):
+                 rate_per_s: float, seed: int, regions: list[str] | None = None):
         self.url = url
         self.secret = secret
         self.timeline = Timeline()
         ids = balanced_user_ids(run_id, users, shard_count)
-        self.users = [ChaosUser(u, url, secret, self.timeline, rate_per_s, seed + n) for n, u in enumerate(ids)]
+        regions = list(regions or [])
+        self.users = [ChaosUser(u, gateway_urls(url, regions, first), secret, self.timeline, rate_per_s, seed + n, home)
+                      for n, (u, (home, first)) in enumerate(zip(ids, user_placements(len(ids), regions), strict=True))]
         self.plan = plan_conversations(ids, seed)
         self.conversations: dict[str, list[str]] = {}  # conversation id -> members
 
@@ -250,7 +279,7 @@ class Traffic:
         by_id = {user.user_id: user for user in self.users}
         for members in self.plan:
             creator = by_id[members[0]]
-            async with HttpApi(self.url, creator.token) as api:
+            async with HttpApi(creator.url, creator.token) as api:
                 conversation = await api.create_conversation(members[1:], title=f"chaos {len(members)}")
             self.conversations[conversation.conversation_id] = sorted(conversation.members)
             for user_id in members:
@@ -283,6 +312,21 @@ class Traffic:
 
     def logs(self) -> list[ClientLog]:
         return [user.recorder.log for user in self.users]
+
+    def layout(self) -> dict:
+        """Where the users live and connect: users per home region, how many connect first to
+        another region's gateway, and how many conversations have members homed in several regions."""
+        homes = self.homes()
+        return {
+            "homes": dict(collections.Counter(region or "default" for region in homes.values())),
+            "on_foreign_gateway": sum(1 for user in self.users if user.region and not user.url.endswith(f"/{user.region}")),
+            "cross_region_conversations": sum(1 for members in self.conversations.values()
+                                              if len({homes.get(member) for member in members}) > 1),
+        }
+
+    def homes(self) -> dict[str, str | None]:
+        """Each user's home region (None: no claim, the default region)."""
+        return {user.user_id: user.region for user in self.users}
 
     def failures(self) -> list[str]:
         return [f"{user.user_id}: {failure}" for user in self.users for failure in user.failures]

@@ -15,15 +15,18 @@ from switchboard.errors import Invalid, NotFound, SwitchboardError
 from switchboard.settings import Settings
 from switchboard.tuning import tune_interpreter
 
-from . import http_api, serve_patches, web, websocket
+from switchboard.actors import registry
+
+from . import entry_points, http_api, serve_patches, web, websocket
 from .core import GatewayCore
 from .drain import DrainWatch, find_serve_replica
+from .entry_points import APP_NAME, RegionPrefix
 from .wire_errors import error_response
 
 log = logging.getLogger(__name__)
 
-APP_NAME = "switchboard"
-DEPLOYMENT_NAME = "Gateway"
+DEPLOYMENT_NAME = "Gateway"  # in each region's application (entry_points.py)
+HEALTH_CHECK_PERIOD_S = 2.0
 
 
 def build_app(core: GatewayCore) -> FastAPI:
@@ -35,6 +38,8 @@ def build_app(core: GatewayCore) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=list(core.settings.allowed_origins),
                            allow_methods=["GET", "POST", "DELETE"], allow_headers=["Authorization", "Content-Type"],
                            max_age=600)
+    if core.home_region == core.settings.region:
+        app.add_middleware(RegionPrefix, region=core.home_region)
     app.include_router(http_api.router)
     app.include_router(http_api.authenticated)
     app.include_router(websocket.router)
@@ -65,11 +70,11 @@ def build_app(core: GatewayCore) -> FastAPI:
 @serve.deployment(name=DEPLOYMENT_NAME, graceful_shutdown_timeout_s=10)
 @serve.ingress()
 class Gateway:
-    async def __init__(self, settings: Settings, database_url: str):
+    async def __init__(self, settings: Settings, database_url: str, region: str | None = None):
         replica = find_serve_replica()  # first: tune_interpreter freezes the heap out of gc's view
         tune_interpreter()
         serve_patches.apply(settings.max_frame_bytes, ray.util.get_node_ip_address())
-        self.core = GatewayCore(settings, database_url)
+        self.core = GatewayCore(settings, database_url, home_region=region)
         await self.core.start()
         self.drain_watch = DrainWatch.for_replica(replica, self.core.drain)
         if self.drain_watch is not None:
@@ -98,28 +103,45 @@ class Gateway:
         await self.core.stop()
 
 
-def gateway_application(settings: Settings, database_url: str, replicas: tuple[int, int] | None = None):
-    """The gateway deployment. `replicas` (fewest, most) overrides the settings' bounds alone: a
-    change of those is a light update for Serve (no replica restarts), unlike one of the settings
-    the replicas are built with."""
+def gateway_application(settings: Settings, database_url: str, replicas: tuple[int, int] | None = None,
+                        region: str | None = None, labelled: set[str] | None = None):
+    """The gateway deployment of `region` (default: the default region). `replicas` (fewest,
+    most) overrides the settings' bounds alone: a change of those is a light update for Serve (no
+    replica restarts), unlike one of the settings the replicas are built with. On a cluster whose
+    nodes carry region labels (`labelled`), the replicas are placed on the region's nodes, and on
+    its mirror's once those are gone, as its shards are (registry.region_placement)."""
+    region = region or settings.region
     # No CPU reservation: a replica is an I/O-bound asyncio process (as the actors, registry.py).
     fewest, most = replicas or (settings.min_replicas, settings.max_replicas)
-    actor_options = {"num_cpus": 0}
+    actor_options: dict = {"num_cpus": 0}
     if settings.gateway_node_resource:
+        # An explicit resource wins over the region's labels (the chaos run keeps every replica
+        # on its head node, so that node faults take shards, never a gateway).
         actor_options["resources"] = {settings.gateway_node_resource: 0.001}
+    else:
+        actor_options.update(registry.region_placement(settings, region, labelled or set()))
     return Gateway.options(
         ray_actor_options=actor_options,
         # A WebSocket holds its request slot for its whole life: the slot count is sockets.
         max_ongoing_requests=settings.sockets_per_replica,
+        # Serve finds a replica dead (its node lost) at its next health check: every 10 s by
+        # default, most of a lost region's gateway takeover (11.5 s measured; gateway_probe.py).
+        # check_health is a method call that reads two flags: cheap at this rate.
+        health_check_period_s=HEALTH_CHECK_PERIOD_S,
         autoscaling_config={
             "min_replicas": fewest,
             "max_replicas": most,
             "target_ongoing_requests": settings.target_sockets_per_replica,
         },
-    ).bind(settings, database_url)
+    ).bind(settings, database_url, region)
 
 
 def deploy(settings: Settings, database_url: str, replicas: tuple[int, int] | None = None) -> None:
-    """Start Serve on the settings' port (if not running) and deploy the gateway there."""
+    """Start Serve on the settings' port (if not running) and deploy one gateway application per
+    region (entry_points.py), all at once: Serve starts their replicas side by side."""
     serve.start(http_options={"host": settings.host, "port": settings.port})
-    serve.run(gateway_application(settings, database_url, replicas), name=APP_NAME, route_prefix="/", blocking=False)
+    labelled = registry.labelled_regions()
+    serve.run_many([serve.RunTarget(gateway_application(settings, database_url, replicas, region, labelled),
+                                    name=entry_points.app_name(settings, region),
+                                    route_prefix=entry_points.route_prefix(settings, region))
+                    for region in settings.regions], wait_for_applications_running=False)

@@ -20,7 +20,7 @@ from switchboard.actors.ops import AddMember, CreateConversation, MarkRead, Remo
 from switchboard.auth import Identity, verify_token
 from switchboard.errors import Invalid, NotFound, TooLarge, Unauthorized
 
-from . import schemas
+from . import entry_points, schemas
 
 # Documents the bearer scheme in /docs; identify() does the checking (with our error codes).
 bearer = HTTPBearer(auto_error=False, description="an access token: JWT HS256 with sub, exp, optional region")
@@ -81,6 +81,16 @@ async def health(request: Request):
     if await core_of(request).health_problem() is None:
         return {"status": "ok"}
     return JSONResponse({"status": "unavailable"}, status_code=503)
+
+
+@router.get("/gateways", response_model=schemas.Gateways)
+async def gateways(request: Request) -> dict:
+    """Every region's gateway entry point, this one's region first and then the order to fail
+    over in (no token needed: it is what a client reads before it picks where to connect)."""
+    core = core_of(request)
+    order = entry_points.failover_order(core.settings, core.home_region)
+    return {"region": core.home_region,
+            "gateways": [{"region": region, "url": entry_points.public_url(core.settings, region)} for region in order]}
 
 
 @authenticated.post("/conversations", status_code=201, response_model=None,

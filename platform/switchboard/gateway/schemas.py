@@ -25,6 +25,18 @@ class Health(BaseModel):
     status: str = Field(description='"ok", or "unavailable" (with a 503)')
 
 
+class GatewayEntry(BaseModel):
+    region: str
+    url: str = Field(description="the region's gateway: an absolute URL (SWITCHBOARD_REGION_URLS) or a path "
+                                 "on this host (/regions/<region>); /v1 and /v1/ws are under it")
+
+
+class Gateways(BaseModel):
+    region: str = Field(description="the region whose entry point answered")
+    gateways: list[GatewayEntry] = Field(description="every region's entry point, in the order a client of "
+                                                     "this region should try them: its own, its mirror, the rest")
+
+
 class Conversation(BaseModel):
     conversation_id: str
     title: str

@@ -18,6 +18,7 @@ from switchboard import protocol
 from switchboard.auth import mint_token
 from switchboard.errors import Forbidden, NotFound
 
+from . import entry_points
 from .http_api import core_of, json_body
 
 router = APIRouter()
@@ -30,36 +31,45 @@ STATIC_FILES = {
     "app.js": JAVASCRIPT,
     "api.js": JAVASCRIPT,
     "connection.js": JAVASCRIPT,
+    "gateways.js": JAVASCRIPT,
     "conversations.js": JAVASCRIPT,
     "view.js": JAVASCRIPT,
     "style.css": "text/css; charset=utf-8",
 }
-# The page shows text other users wrote: allow scripts and styles from this origin only (no
-# inline code), connections back to this origin only (CSP 3: 'self' covers ws: and wss: of the
-# same host), and no framing.
-PAGE_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    # Revalidate each time: a redeploy must not leave an old app.js talking to a new server.
-    "Cache-Control": "no-cache",
-}
+
+
+def page_headers(settings) -> dict[str, str]:
+    """The page shows text other users wrote: allow scripts and styles from this origin only (no
+    inline code), connections back to this origin (CSP 3: 'self' covers ws: and wss: of the same
+    host) and to the other regions' configured gateways (the page fails over to them), and no
+    framing."""
+    connect = " ".join(["'self'", *entry_points.public_origins(settings)])
+    return {
+        "Content-Security-Policy": (
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+            f"connect-src {connect}; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+        ),
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        # Revalidate each time: a redeploy must not leave an old app.js talking to a new server.
+        "Cache-Control": "no-cache",
+    }
 
 
 @router.get("/", include_in_schema=False)
-async def chat_page() -> FileResponse:
-    return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
+async def chat_page(request: Request) -> FileResponse:
+    # The page loads its files relative to its own URL (static/app.js), so that it works under a
+    # region's path; `/regions/eu` is redirected to `/regions/eu/` by Starlette (redirect_slashes).
+    return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8",
+                        headers=page_headers(core_of(request).settings))
 
 
 @router.get("/static/{name}", include_in_schema=False)
-async def static_file(name: str) -> FileResponse:
+async def static_file(request: Request, name: str) -> FileResponse:
     media_type = STATIC_FILES.get(name)
     if media_type is None:
         raise NotFound("no such file")
-    return FileResponse(STATIC_DIR / name, media_type=media_type, headers=PAGE_HEADERS)
+    return FileResponse(STATIC_DIR / name, media_type=media_type, headers=page_headers(core_of(request).settings))
 
 
 @router.post("/v1/dev/token")

@@ -1,6 +1,15 @@
 // The HTTP half of PROTOCOL.md: JSON under /v1 with `Authorization: Bearer` (never a token in a
 // URL: URLs end up in logs and browser history).
 
+// Where calls go: the page's own gateway until app.js hands over its Gateways list (gateways.js),
+// then whichever gateway the page is using now.
+let gateways = null;
+const PAGE_BASE = new URL(".", location.href).href.replace(/\/$/, "");
+
+export function useGateways(list) {
+  gateways = list;
+}
+
 export class ApiError extends Error {
   constructor(status, code, message) {
     super(message);
@@ -15,7 +24,8 @@ export async function request(method, path, { token = null, body } = {}) {
   const headers = {};
   if (token) headers.Authorization = "Bearer " + token;
   if (body !== undefined) headers["Content-Type"] = "application/json";
-  const response = await fetch("/v1" + path, {
+  const url = gateways ? gateways.httpUrl(path) : PAGE_BASE + "/v1" + path;
+  const response = await fetch(url, {
     method, headers, body: body === undefined ? undefined : JSON.stringify(body),
   });
   const data = await response.json().catch(() => null);

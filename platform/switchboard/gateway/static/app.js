@@ -15,8 +15,9 @@
 //     drops go out again with the same id after reconnecting: the server answers with the
 //     original message and delivers nothing twice.
 
-import { ApiError, request } from "./api.js";
+import { ApiError, request, useGateways } from "./api.js";
 import { Connection } from "./connection.js";
+import { Gateways } from "./gateways.js";
 import {
   applyWire, firstMissingSeq, newConversation, seqToMarkRead, storeMessage, storeReceipt,
 } from "./conversations.js";
@@ -75,15 +76,20 @@ async function attempt(task) {
 
 // ---- signing in and out --------------------------------------------------------------------------
 
-function startSession(token) {
+async function startSession(token) {
   state.token = token;
   sessionStorage.setItem(TOKEN_KEY, token);
   hideError("sign-in-error");
   $("sign-in").hidden = true;
   $("chat").hidden = false;
   $("sign-out").hidden = false;
+  const gateways = await Gateways.load();
+  if (state.token !== token) return;  // signed out meanwhile
+  useGateways(gateways);
+  window.switchboard.gateways = gateways;
   state.connection = new Connection({
-    url: (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/v1/ws",
+    url: () => gateways.wsUrl(),
+    onOpenFailed: () => gateways.failed(),
     authFrame,
     onFrame,
     onStatus: (status) => { state.status = status; render(); },

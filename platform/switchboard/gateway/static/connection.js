@@ -17,8 +17,10 @@ export class Connection {
   // onStatus(status): "connecting" (before the first `ready`), "connected", "disconnected".
   // onRefused(reason): the server closed with 4001; the connection stops (retrying the same
   // token would be refused again).
-  constructor({ url, authFrame, onFrame, onStatus, onRefused }) {
-    Object.assign(this, { url, authFrame, onFrame, onStatus, onRefused });
+  // url(): where each new socket goes (the current gateway's); onOpenFailed(): a socket closed
+  // before its `ready` (its gateway is down or refusing): the page moves to the next gateway.
+  constructor({ url, authFrame, onFrame, onStatus, onRefused, onOpenFailed = () => {} }) {
+    Object.assign(this, { url, authFrame, onFrame, onStatus, onRefused, onOpenFailed });
     this.socket = null;
     this.ready = false;      // `ready` came on the current socket
     this.everReady = false;  // one did, on some socket: from then on a drop is "disconnected"
@@ -63,7 +65,7 @@ export class Connection {
 
   open() {
     clearTimeout(this.reconnectTimer);
-    const socket = new WebSocket(this.url);
+    const socket = new WebSocket(this.url());
     this.socket = socket;
     this.ready = false;
     this.onStatus(this.everReady ? "disconnected" : "connecting");
@@ -92,6 +94,7 @@ export class Connection {
   }
 
   closed(code, reason) {
+    const wasReady = this.ready;
     this.socket = null;
     this.ready = false;
     this.stopHeartbeat();
@@ -99,6 +102,7 @@ export class Connection {
       this.stop();
       this.onRefused(reason);
     } else {
+      if (!wasReady) this.onOpenFailed();
       this.disconnected();
     }
   }
