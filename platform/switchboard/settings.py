@@ -82,6 +82,10 @@ class Settings:
     max_replicas: int = 2
     sockets_per_replica: int = 2000
     target_sockets_per_replica: int = 1000
+    # Request slots of a replica that sockets can never take: past sockets_per_replica a new
+    # socket is closed 1013 at once, so HTTP calls always find a slot however many sockets are
+    # open (before, sockets could fill every slot and HTTP queued until it timed out).
+    http_slots_per_replica: int = 200
     # A Ray custom resource the gateway replicas need ("" for none): keeps them on the nodes that
     # have it, e.g. the nodes that take client traffic, away from the shards' nodes.
     gateway_node_resource: str = ""

@@ -80,6 +80,7 @@ RANGES: dict[str, Range] = {
     "max_replicas": COUNT,
     "sockets_per_replica": COUNT,
     "target_sockets_per_replica": COUNT,
+    "http_slots_per_replica": COUNT,
     "send_rate_per_s": RATE,
     "send_burst": COUNT,
     "frame_rate_per_s": RATE,

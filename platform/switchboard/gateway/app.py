@@ -122,8 +122,9 @@ def gateway_application(settings: Settings, database_url: str, replicas: tuple[i
         actor_options.update(registry.region_placement(settings, region, labelled or set()))
     return Gateway.options(
         ray_actor_options=actor_options,
-        # A WebSocket holds its request slot for its whole life: the slot count is sockets.
-        max_ongoing_requests=settings.sockets_per_replica,
+        # A WebSocket holds its request slot for its whole life: the slots are the sockets the
+        # replica admits (websocket.py refuses the one past them) and the HTTP calls' own slots.
+        max_ongoing_requests=settings.sockets_per_replica + settings.http_slots_per_replica,
         # Serve finds a replica dead (its node lost) at its next health check: every 10 s by
         # default, most of a lost region's gateway takeover (11.5 s measured; gateway_probe.py).
         # check_health is a method call that reads two flags: cheap at this rate.

@@ -58,6 +58,7 @@ class GatewayCore:
         self._health: tuple[float, str | None] = (0.0, "starting")
         self.sessions: set = set()  # live WebSocket sessions, for drain
         self.draining = False  # set once: new sockets are turned away, open ones closed 1001
+        self.sockets_refused_full = 0  # sockets closed 1013 because sockets_per_replica were open
 
     async def start(self) -> None:
         self.directory = await ShardDirectory.from_routers(self.settings, self.home_region)
@@ -173,6 +174,15 @@ class GatewayCore:
         except Exception as error:
             return f"the database does not answer ({type(error).__name__})"
         return None
+
+    def sockets_full(self) -> bool:
+        """Every socket place of this replica is taken, by open sessions and by sockets still
+        waiting to authenticate; the next socket is refused at once (websocket.py), so it never
+        takes a request slot HTTP calls need."""
+        full = len(self.sessions) + len(self.preauth) >= self.settings.sockets_per_replica
+        if full:
+            self.sockets_refused_full += 1
+        return full
 
     def machinery_problem(self) -> str | None:
         """What Serve's check_health asks: is this replica itself working (not its dependencies;

@@ -40,6 +40,11 @@ async def websocket_endpoint(websocket: WebSocket):
         # this replica within a health check; the client retries with backoff).
         await websocket.close(code=CLOSE_GOING_AWAY, reason="server draining; reconnect with since")
         return
+    if core.sockets_full():
+        # Refused at once rather than left in its handshake: the client backs off and retries
+        # (the SDK tries its next gateway URL), and autoscaling adds replicas meanwhile.
+        await websocket.close(code=CLOSE_TRY_AGAIN_LATER, reason="this gateway holds all the sockets it may; retry")
+        return
     address = client_address(websocket.scope, websocket.headers, settings.trusted_proxies)
     with core.preauth.holding(address) as admitted:
         if not admitted:

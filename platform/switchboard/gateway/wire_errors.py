@@ -24,7 +24,7 @@ CLOSE_POLICY = 4008  # flooding past a rate limit, or too many sockets for this 
 CLOSE_TOO_LARGE = 1009  # a frame over the limit
 CLOSE_GOING_AWAY = 1001  # drain or shutdown: reconnect with since
 CLOSE_TOO_SLOW = 4009  # the client did not read its frames fast enough: reconnect with since
-CLOSE_TRY_AGAIN_LATER = 1013  # too many sockets waiting to authenticate: retry after a backoff
+CLOSE_TRY_AGAIN_LATER = 1013  # too many sockets waiting to authenticate, or the replica full: retry after a backoff
 
 
 def error_body(error: SwitchboardError) -> dict:
