@@ -25,3 +25,7 @@ def ws_url(settings: Settings) -> str:
 def region_http_url(settings: Settings, region: str) -> str:
     """The region's gateway entry point from this machine (gateway/entry_points.py)."""
     return f"{http_url(settings)}/regions/{region}"
+
+
+def region_ws_url(settings: Settings, region: str) -> str:
+    return f"ws://{local_host(settings)}:{settings.port}/regions/{region}/v1/ws"

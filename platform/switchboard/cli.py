@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 
 from switchboard import ray_head
-from switchboard.addresses import http_url, region_http_url, ws_url
+from switchboard.addresses import http_url, region_http_url, region_ws_url, ws_url
 from switchboard.auth import DEFAULT_TOKEN_TTL_S
 from switchboard.client_commands import add_client_commands
 from switchboard.settings import Settings, SettingsError, redact_url, unknown_variables
@@ -63,7 +63,6 @@ def initial_state(settings: Settings, ray_owner: str | None) -> dict:
         "shards_per_region": settings.shards_per_region,
         "http_url": http_url(settings),
         "ws_url": ws_url(settings),
-        "region_urls": {region: region_http_url(settings, region) for region in settings.regions},
         "dashboard_url": ray_head.DEFAULT_DASHBOARD_URL,
         "started_at": time.time(),
     }
@@ -102,13 +101,12 @@ def bring_up(settings: Settings) -> int:
     return 0
 
 
-def region_lines(state: dict) -> str:
+def region_lines(settings: Settings) -> str:
     """Each region's own entry point, when there are several (gateway/entry_points.py)."""
-    urls = state.get("region_urls") or {}
-    if len(urls) < 2:
+    if len(settings.regions) < 2:
         return ""
-    return "".join(f"\n  Region {region:<7} {url}   (WebSocket {url.replace('http', 'ws', 1)}/v1/ws)"
-                   for region, url in urls.items())
+    return "".join(f"\n  Region {region:<7} {region_http_url(settings, region)}   "
+                   f"(WebSocket {region_ws_url(settings, region)})" for region in settings.regions)
 
 
 def print_up_banner(settings: Settings, state: dict) -> None:
@@ -116,7 +114,7 @@ def print_up_banner(settings: Settings, state: dict) -> None:
                 if state["embedded_postgres"] else f"DATABASE_URL {state['database_url']}")
     print(f"""Switchboard is up.
   HTTP API       {state['http_url']}/v1   (GET {state['http_url']}/v1/health)
-  WebSocket      {state['ws_url']}{region_lines(state)}
+  WebSocket      {state['ws_url']}{region_lines(settings)}
   Ray dashboard  {state['dashboard_url']}
   Database       {database}
   State file     {state_path(settings)}

@@ -152,10 +152,9 @@ class Settings:
 
     def mirror_of(self, region: str) -> str | None:
         """The region whose nodes take over `region`'s actors when its own nodes are all lost."""
-        for pair in self.region_mirrors:
-            name, _, mirror = pair.partition("=")
-            if name.strip() == region:
-                return mirror.strip()
+        mirror = region_pairs(self.region_mirrors).get(region)
+        if mirror is not None:
+            return mirror
         if len(self.regions) < 2 or region not in self.regions:
             return None
         return self.regions[(self.regions.index(region) + 1) % len(self.regions)]
@@ -223,6 +222,16 @@ class Settings:
         if region not in regions:
             values["regions"] = tuple(regions) + (region,)
         return cls(**values)
+
+
+def region_pairs(entries: tuple[str, ...]) -> dict[str, str]:
+    """`region=value` entries (SWITCHBOARD_REGION_MIRRORS, _REGION_URLS) as a dict, both sides
+    stripped (settings_checks.py has refused malformed ones)."""
+    pairs = {}
+    for entry in entries:
+        region, _, value = entry.partition("=")
+        pairs[region.strip()] = value.strip()
+    return pairs
 
 
 # ---- unknown variables --------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import asyncio
 
 import httpx
 import pytest
-from test_home_region_traffic import GATEWAY_TRAFFIC_KINDS, SHARD_TRAFFIC_KINDS, grown, snapshot
+from test_home_region_traffic import GATEWAY_TRAFFIC_KINDS, SHARD_TRAFFIC_KINDS, grown, snapshot, talk_then_resume
 
 pytestmark = pytest.mark.integration
 
@@ -33,18 +33,7 @@ async def test_eu_users_on_eu_gateway_never_call_another_region(sb, new_user):
 
     cid = (await eve.api.create_ok([frank.user_id]))["conversation_id"]
     assert cid.startswith("c_eu_")
-    eve_ws, frank_ws = await eve.ws(), await frank.ws()
-    for n in range(4):
-        assert (await eve_ws.send_and_wait(cid, f"in eu {n}"))["type"] == "sent"
-    live = await frank_ws.take_events(4, kind="message")
-    await frank_ws.send_json({"type": "typing", "conversation_id": cid})
-    await eve_ws.next_of_type("typing")
-    assert (await frank.api.read(cid, 4)).status_code == 200
-    await frank_ws.close()
-    back = await frank.ws(since=0)
-    assert [f["message"] for f in back.replayed if f["type"] == "message"] == [f["message"] for f in live]
-    await back.close()
-    await eve_ws.close()
+    await talk_then_resume(eve, frank, cid, 4, "in eu")
 
     gateway_after, shards_after = await snapshot(sb, EU_APP)
     assert grown(gateway_before, gateway_after, (*GATEWAY_TRAFFIC_KINDS, "stream", "heartbeat")) == {}

@@ -53,24 +53,30 @@ def grown(before: Counter, after: Counter, kinds) -> dict[str, int]:
     return {kind: after[kind] - before[kind] for kind in kinds if after[kind] != before[kind]}
 
 
+async def talk_then_resume(sender, receiver, cid: str, sends: int, text: str) -> None:
+    """What two users of a conversation do: sends received live, a typing signal, a receipt, and
+    the receiver resuming from 0 to the same messages."""
+    sender_ws, receiver_ws = await sender.ws(), await receiver.ws()
+    for n in range(sends):
+        assert (await sender_ws.send_and_wait(cid, f"{text} {n}"))["type"] == "sent"
+    live = await receiver_ws.take_events(sends, kind="message")
+    await receiver_ws.send_json({"type": "typing", "conversation_id": cid})
+    await sender_ws.next_of_type("typing")
+    assert (await receiver.api.read(cid, sends)).status_code == 200
+    await receiver_ws.close()
+    back = await receiver.ws(since=0)
+    assert [f["message"] for f in back.replayed if f["type"] == "message"] == [f["message"] for f in live]
+    await back.close()
+    await sender_ws.close()
+
+
 async def test_users_of_one_region_never_call_another_region(sb, new_user):
     alice, bob = new_user("alice"), new_user("bob")  # no region claim: the default, "local"
     gateway_before, shards_before = await snapshot(sb)
 
     cid = (await alice.api.create_ok([bob.user_id]))["conversation_id"]
     assert conversation_region(cid, sb.settings.regions, sb.settings.region) == "local"
-    alice_ws, bob_ws = await alice.ws(), await bob.ws()
-    for n in range(5):
-        assert (await alice_ws.send_and_wait(cid, f"hello {n}"))["type"] == "sent"
-    sent = await bob_ws.take_events(5, kind="message")
-    await bob_ws.send_json({"type": "typing", "conversation_id": cid})
-    await alice_ws.next_of_type("typing")
-    assert (await bob.api.read(cid, 5)).status_code == 200
-    await bob_ws.close()
-    again = await bob.ws(since=0)
-    assert [f["message"] for f in again.replayed if f["type"] == "message"] == [f["message"] for f in sent]
-    await again.close()
-    await alice_ws.close()
+    await talk_then_resume(alice, bob, cid, 5, "hello")
 
     gateway_after, shards_after = await snapshot(sb)
     assert grown(gateway_before, gateway_after, GATEWAY_TRAFFIC_KINDS) == {}

@@ -11,11 +11,8 @@ cluster of its own: tests/chaos/test_gateway_takeover.py runs it).
 
 from __future__ import annotations
 
-import argparse
-import json
 import secrets
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -26,19 +23,15 @@ import ray
 from switchboard.actors import registry
 from switchboard.addresses import region_http_url
 from switchboard.gateway.entry_points import app_name
+from switchboard.private_ports import free_port
 from switchboard.settings import Settings
 
 from .cluster import LocalCluster
+from .region_probe import probe_arguments, probe_regions, report
 
 TAKEOVER_WAIT_S = 120.0
 POLL_S = 0.2
 SERVE_NAMESPACE = "serve"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def gateway_regions(cluster: LocalCluster, settings: Settings) -> dict[str, list[str]]:
@@ -111,14 +104,9 @@ def run(regions: tuple[str, ...], lose: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--regions", default="eu,us", help="comma-separated regions, one worker node each")
-    parser.add_argument("--lose", default=None, help="the region whose nodes are removed (default: the first)")
-    args = parser.parse_args(argv)
-    regions = tuple(part.strip() for part in args.regions.split(",") if part.strip())
-    result = run(regions, args.lose or regions[0])
-    print(json.dumps(result), flush=True)
-    return 0 if "error" not in result else 1
+    args = probe_arguments(__doc__.splitlines()[0]).parse_args(argv)
+    regions = probe_regions(args)
+    return report(run(regions, args.lose or regions[0]))
 
 
 if __name__ == "__main__":

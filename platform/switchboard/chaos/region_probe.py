@@ -136,16 +136,30 @@ def run(regions: tuple[str, ...], lose: str, shards: int) -> dict:
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def probe_arguments(description: str) -> argparse.ArgumentParser:
+    """The command line the region probes share: the regions, and the one to lose."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--regions", default="eu,us", help="comma-separated regions, one worker node each")
     parser.add_argument("--lose", default=None, help="the region whose nodes are removed (default: the first)")
-    parser.add_argument("--shards", type=int, default=1, help="shards per region")
-    args = parser.parse_args(argv)
-    regions = tuple(part.strip() for part in args.regions.split(",") if part.strip())
-    result = run(regions, args.lose or regions[0], args.shards)
+    return parser
+
+
+def probe_regions(args: argparse.Namespace) -> tuple[str, ...]:
+    return tuple(part.strip() for part in args.regions.split(",") if part.strip())
+
+
+def report(result: dict) -> int:
+    """Print the probe's one JSON line; its exit status."""
     print(json.dumps(result), flush=True)
     return 0 if "error" not in result else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = probe_arguments(__doc__.splitlines()[0])
+    parser.add_argument("--shards", type=int, default=1, help="shards per region")
+    args = parser.parse_args(argv)
+    regions = probe_regions(args)
+    return report(run(regions, args.lose or regions[0], args.shards))
 
 
 if __name__ == "__main__":

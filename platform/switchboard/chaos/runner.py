@@ -61,13 +61,13 @@ log = logging.getLogger(__name__)
 QUIESCE_TIMEOUT_S = 120.0
 # Traffic runs this long before the first fault, so every conversation has history when it strikes.
 WARM_UP_S = 5.0
+# Per-user send rate limit for the run: well above the traffic's own rate, so refusals come from faults.
+SEND_RATE_PER_S = 1000.0
+
+
 def gateway_replicas(regions) -> int:
     """Each region's entry point's replicas in the run (see ChaosRun)."""
     return 2 if len(regions) < 2 else 1
-
-
-# Per-user send rate limit for the run: well above the traffic's own rate, so refusals come from faults.
-SEND_RATE_PER_S = 1000.0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -167,12 +167,14 @@ def plan_conversations(user_ids: list[str], seed: int) -> list[list[str]]:
 
 class ChaosUser:
     def __init__(self, user_id: str, urls: list[str], secret: str, timeline: Timeline, rate_per_s: float, seed: int,
-                 region: str | None = None):
+                 region: str | None = None, gateway: str | None = None):
         """urls: the gateways the user's client uses, the first first (it moves on to the next
-        when a session cannot be opened there); region: the token's claim, the user's home."""
+        when a session cannot be opened there); region: the token's claim, the user's home;
+        gateway: the region whose entry point urls[0] is (None: the root URL)."""
         self.user_id = user_id
         self.url = urls[0]
         self.region = region
+        self.gateway = gateway
         self.recorder = WireRecorder(user_id, timeline)
         self.token = mint_token(secret, user_id, region=region, ttl_s=24 * 3600)
         self.client = Client(urls, self.token, recorder=self.recorder, backoff=CLIENT_BACKOFF)
@@ -269,7 +271,8 @@ class Traffic:
         self.timeline = Timeline()
         ids = balanced_user_ids(run_id, users, shard_count)
         regions = list(regions or [])
-        self.users = [ChaosUser(u, gateway_urls(url, regions, first), secret, self.timeline, rate_per_s, seed + n, home)
+        self.users = [ChaosUser(u, gateway_urls(url, regions, first), secret, self.timeline, rate_per_s, seed + n,
+                                home, first)
                       for n, (u, (home, first)) in enumerate(zip(ids, user_placements(len(ids), regions), strict=True))]
         self.plan = plan_conversations(ids, seed)
         self.conversations: dict[str, list[str]] = {}  # conversation id -> members
@@ -319,7 +322,7 @@ class Traffic:
         homes = self.homes()
         return {
             "homes": dict(collections.Counter(region or "default" for region in homes.values())),
-            "on_foreign_gateway": sum(1 for user in self.users if user.region and not user.url.endswith(f"/{user.region}")),
+            "on_foreign_gateway": sum(1 for user in self.users if user.gateway != user.region),
             "cross_region_conversations": sum(1 for members in self.conversations.values()
                                               if len({homes.get(member) for member in members}) > 1),
         }

@@ -11,11 +11,10 @@ from fastapi.middleware.cors import CORSMiddleware
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from switchboard.actors import registry
 from switchboard.errors import Invalid, NotFound, SwitchboardError
 from switchboard.settings import Settings
 from switchboard.tuning import tune_interpreter
-
-from switchboard.actors import registry
 
 from . import entry_points, http_api, serve_patches, web, websocket
 from .core import GatewayCore

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from switchboard.settings import Settings
+from switchboard.settings import Settings, region_pairs
 
 APP_NAME = "switchboard"  # the default region's application (and the one-region platform's)
 REGIONS_PATH = "/regions"
@@ -44,19 +44,16 @@ def failover_order(settings: Settings, region: str) -> list[str]:
 def public_url(settings: Settings, region: str) -> str:
     """Where a client reaches the region's gateway: the operator's URL for it
     (SWITCHBOARD_REGION_URLS), else the region's path on the host the client already uses."""
-    for pair in settings.region_urls:
-        name, _, url = pair.partition("=")
-        if name.strip() == region:
-            return url.strip().rstrip("/")
-    return region_path(region)
+    url = region_pairs(settings.region_urls).get(region)
+    return region_path(region) if url is None else url.rstrip("/")
 
 
 def public_origins(settings: Settings) -> list[str]:
     """The origins of the configured region URLs, as a page's CSP connect-src must list them
     (https and wss alike: 'self' covers only the page's own host)."""
     origins = []
-    for pair in settings.region_urls:
-        parts = urlsplit(pair.partition("=")[2].strip())
+    for url in region_pairs(settings.region_urls).values():
+        parts = urlsplit(url)
         secure = parts.scheme == "https"
         origins += [f"{parts.scheme}://{parts.netloc}", f"{'wss' if secure else 'ws'}://{parts.netloc}"]
     return sorted(set(origins))

@@ -1,10 +1,11 @@
 // The HTTP half of PROTOCOL.md: JSON under /v1 with `Authorization: Bearer` (never a token in a
 // URL: URLs end up in logs and browser history).
 
+import { PAGE_BASE } from "./gateways.js";
+
 // Where calls go: the page's own gateway until app.js hands over its Gateways list (gateways.js),
 // then whichever gateway the page is using now.
 let gateways = null;
-const PAGE_BASE = new URL(".", location.href).href.replace(/\/$/, "");
 
 export function useGateways(list) {
   gateways = list;

@@ -3,7 +3,8 @@
 // time; when a socket cannot be opened on it, the next one is tried, resuming with `since` there
 // (a mailbox cursor is the user's, not a gateway's). Each is a base URL: /v1 and /v1/ws are under it.
 
-const PAGE_BASE = new URL(".", location.href).href.replace(/\/$/, "");
+// The URL the page was loaded from, without its trailing slash: its own gateway's base.
+export const PAGE_BASE = new URL(".", location.href).href.replace(/\/$/, "");
 
 export class Gateways {
   constructor(bases) {
