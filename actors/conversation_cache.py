@@ -67,6 +67,15 @@ class ConversationCache:
         for conversation_id in conversation_ids:
             self._conversations.pop(conversation_id, None)
 
+    def let_go(self, owns: Callable[[str], bool]) -> int:
+        """After a reshard: drop the conversations another shard owns now, and every miss (a
+        conversation created by its old owner meanwhile must not be taken for one that does not
+        exist). Returns how many conversations were dropped."""
+        moved = [cid for cid in self._conversations if not owns(cid)]
+        self.forget(moved)
+        self._misses.clear()
+        return len(moved)
+
     def clear(self) -> None:
         self._conversations.clear()
         self._misses.clear()

@@ -257,6 +257,21 @@ class MailboxHost:
                 mailbox.repair.cancel()
             del self._mailboxes[user_id]
 
+    def let_go(self, owns_user) -> int:
+        """After a reshard: forget the mailboxes of users another shard owns now (their gateways
+        re-attach the sockets there, with their cursors). Returns how many were let go."""
+        moved = [user_id for user_id in self._mailboxes if not owns_user(user_id)]
+        for user_id in moved:
+            mailbox = self._mailboxes.pop(user_id)
+            if mailbox.repair is not None:
+                mailbox.repair.cancel()
+        return len(moved)
+
+    def announce(self, item: tuple) -> None:
+        """Put one item on every gateway replica's stream (actors/placement.py PLACEMENT_MARK)."""
+        for outbox in self._outboxes.values():
+            outbox.put(*item)
+
     def online_users(self) -> int:
         return len(self._mailboxes)
 

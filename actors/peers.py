@@ -48,7 +48,24 @@ class RayPeers(PeerLink):
         self._call(self.region, shard_index, registry.shard_name(self.region, shard_index),
                    "deliver_ephemeral", user_ids, frame)
 
+    def forward(self, shard_index, events):
+        self._call(self.region, shard_index, registry.shard_name(self.region, shard_index), "deliver", events, True)
+
+    def forward_ephemeral(self, shard_index, user_ids, frame):
+        self._call(self.region, shard_index, registry.shard_name(self.region, shard_index),
+                   "deliver_ephemeral", user_ids, frame, True)
+
     # ---- another region -----------------------------------------------------------------------
+
+    def forget_handles(self) -> None:
+        """This region resharded: a removed index may come back as another actor of the same name."""
+        for key in [key for key in self._handles if key[0] == self.region]:
+            del self._handles[key]
+
+    def forget_ring(self, region: str) -> None:
+        """That region resharded: ask its router again next time (a delivery sent on the old ring
+        meanwhile is forwarded by the shard it reaches)."""
+        self._rings.pop(region, None)
 
     def deliver_abroad(self, region, events):
         def send(ring: Ring, names: tuple[str, ...]) -> None:
@@ -90,6 +107,9 @@ class RayPeers(PeerLink):
                         return
                     await asyncio.sleep(PLACEMENT_RETRY_S)
             self._rings[region] = (Ring(placement.shard_count), placement.shard_names)
+            # Handles by index: a reshard may have given an index another actor.
+            for key in [key for key in self._handles if key[0] == region]:
+                del self._handles[key]
         finally:
             waiting = self._waiting.pop(region, [])
             if region in self._rings:

@@ -10,6 +10,7 @@ socket attaches.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import gc
 import logging
@@ -24,7 +25,7 @@ from switchboard.storage.database import make_engine, warm_up
 from switchboard.storage.sql_store import SqlStore
 from switchboard.tuning import tune_interpreter
 
-from . import handback, registry
+from . import handback, registry, resharding
 from .budgets import Budget
 from .checkpoint import decode_router, encode_router
 from .periodic import checkpoint_periodically
@@ -79,7 +80,8 @@ class ShardActor:
     The ring's size comes from the router's placement (`shard_count`), never from the settings:
     one source for it, so a shard and the gateways can never disagree about who owns a key."""
 
-    def __init__(self, settings: Settings, database_url: str, region: str, index: int, shard_count: int):
+    def __init__(self, settings: Settings, database_url: str, region: str, index: int, shard_count: int,
+                 epoch: int = 1):
         self.clock = StartupClock()  # the constructor starts once Ray has unpickled (imported) the class
         self.index = index
         self.send_timeout_s = settings.send_timeout_s
@@ -103,7 +105,9 @@ class ShardActor:
             budgets=shard_budgets(settings),
             send_timeout_s=settings.send_timeout_s,
             max_sockets_per_user=settings.sockets_per_user,
+            epoch=epoch,
         )
+        self.region = region
         self.started_at = time.time()
         self._started = asyncio.Event()
         try:
@@ -127,6 +131,11 @@ class ShardActor:
         try:
             warm_up(self.engine, SHARD_WARM_CONNECTIONS)
             self.clock.mark("connected")
+            # Ray restarts an actor with its first constructor arguments: the shard count they
+            # name may be several reshards old. PostgreSQL has the current one.
+            stored = self.shard.store.placements.load(self.region)
+            if stored is not None:
+                self.shard.ownership.adopt(stored.shard_count, stored.epoch)
             self.shard.restore()
         except Exception as error:
             log.warning("shard %d starts without its checkpoint: %s", self.index, error)
@@ -159,12 +168,25 @@ class ShardActor:
         self.shard.detach(gateway_id, user_id, socket_id)
 
     @after_start
-    async def deliver(self, events):
-        self.shard.deliver(events)
+    async def deliver(self, events, forwarded=False):
+        self.shard.deliver(events, forwarded)
 
     @after_start
-    async def deliver_ephemeral(self, user_ids, frame):
-        self.shard.deliver_ephemeral(user_ids, frame)
+    async def deliver_ephemeral(self, user_ids, frame, forwarded=False):
+        self.shard.deliver_ephemeral(user_ids, frame, forwarded)
+
+    @after_start
+    async def adopt(self, shard_count, epoch):
+        """Work from the region's new placement (actors/resharding.py step 3)."""
+        return await self.shard.adopt(shard_count, epoch)
+
+    @after_start
+    async def announce_placement(self):
+        self.shard.announce_placement()
+
+    async def forget_ring(self, region):
+        """Another region resharded: learn its ring again on the next delivery there."""
+        self.peers.forget_ring(region)
 
     @ray.method(_generator_backpressure_num_objects=STREAM_BACKLOG)
     async def stream(self, gateway_id):
@@ -207,22 +229,92 @@ class RouterActor:
     def __init__(self, settings: Settings, database_url: str, region: str):
         self.settings = settings
         self.database_url = database_url
-        names = [registry.shard_name(region, i) for i in range(settings.shards_per_region)]
-        self.router = RegionRouter(region, settings.namespace, names, registry.router_name(region), now_ms())
-        self._store = SqlStore(make_engine(database_url, pool_size=1))
+        self.region = region
+        self._store = SqlStore(make_engine(database_url, pool_size=2))
+        shard_count, epoch = self._stored_placement()
+        names = [registry.shard_name(region, i) for i in range(shard_count)]
+        self.router = RegionRouter(region, settings.namespace, names, registry.router_name(region), now_ms(), epoch)
         self.restored = self._restore()
-        shard_count = self.router.placement.shard_count
-        labelled = registry.labelled_regions()
-        self.shards = [
-            ShardActor.options(**registry.actor_options(settings, name, region, labelled)).remote(
-                settings, database_url, region, index, shard_count
-            )
-            for index, name in enumerate(self.router.placement.shard_names)
-        ]
+        self.shards = self._create_shards(range(shard_count), shard_count, epoch)
+        self._resharding = asyncio.Lock()
         self._housekeeping = None
         self._checkpointing = None
         self._start_housekeeping()
         self.started_at = time.time()
+
+    def _stored_placement(self) -> tuple[int, int]:
+        """The region's shard count and epoch from PostgreSQL (the settings' count seeds a new
+        region; after that only `switchboard scale` changes it)."""
+        try:
+            stored = self._store.placements.ensure(self.region, self.settings.shards_per_region)
+        except Exception as error:  # never fail the constructor; shards read it again as they restore
+            log.warning("router of %s could not read its placement (%s): %d shards from the settings",
+                        self.region, error, self.settings.shards_per_region)
+            return self.settings.shards_per_region, 1
+        if stored.shard_count != self.settings.shards_per_region:
+            log.warning("%s runs %d shards (its stored placement, epoch %d); SWITCHBOARD_SHARDS_PER_REGION=%d "
+                        "only seeds a new region: use `switchboard scale`", self.region, stored.shard_count,
+                        stored.epoch, self.settings.shards_per_region)
+        return stored.shard_count, stored.epoch
+
+    def _create_shards(self, indexes, shard_count: int, epoch: int) -> list:
+        """Get or create the shards with these indexes (named, so a restarted router finds its own)."""
+        labelled = registry.labelled_regions()
+        return [ShardActor.options(**registry.actor_options(
+                    self.settings, registry.shard_name(self.region, index), self.region, labelled)).remote(
+                    self.settings, self.database_url, self.region, index, shard_count, epoch)
+                for index in indexes]
+
+    async def reshard(self, shard_count: int) -> dict:
+        """Change the region's shard count while it serves (actors/resharding.py)."""
+        async with self._resharding:
+            placement = self.router.placement
+            steps = resharding.ReshardSteps(
+                # Created under the current count, a new shard owns nothing until it adopts.
+                create_shards=lambda indexes: dict(zip(indexes, self._create_shards(
+                    indexes, placement.shard_count, placement.epoch))),
+                advance=lambda new, old: self._advance(new, old),
+                publish=self._publish,
+                tell_other_regions=self._tell_other_regions,
+                retire=self._retire,
+            )
+            result = await resharding.reshard(self.region, dict(enumerate(self.shards)), shard_count, steps)
+            serving = result.pop("shards")
+            self.shards = [serving[index] for index in range(self.router.placement.shard_count)]
+            await self.checkpoint()
+            return result
+
+    async def _advance(self, new_count: int, old_count: int) -> int:
+        stored = await asyncio.to_thread(self._store.placements.advance, self.region, new_count, old_count)
+        return stored.epoch
+
+    def _publish(self, shard_count: int, epoch: int) -> None:
+        self.router.placement = dataclasses.replace(
+            self.router.placement, epoch=epoch,
+            shard_names=tuple(registry.shard_name(self.region, index) for index in range(shard_count)))
+
+    def _tell_other_regions(self) -> None:
+        for region in self.settings.regions:
+            if region == self.region:
+                continue
+            try:
+                registry.get_actor(self.settings, registry.router_name(region)).forget_ring.remote(self.region)
+            except ValueError:  # that region's router is not running
+                pass
+
+    async def forget_ring(self, region: str) -> None:
+        """Another region resharded: every shard here learns its ring again."""
+        for shard in self.shards:
+            shard.forget_ring.remote(region)
+
+    async def _retire(self, index: int, handle) -> None:
+        """A removed shard: stopped for good (its checkpoint stays; a later scale-up that brings
+        the index back restores what that shard owns then, each item checked against the tables)."""
+        try:
+            await handle.checkpoint.remote()
+        except Exception as error:
+            log.warning("removed shard %d of %s: no last checkpoint (%s)", index, self.region, error)
+        ray.kill(handle, no_restart=True)
 
     def _restore(self) -> bool:
         try:

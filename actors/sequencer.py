@@ -17,10 +17,11 @@ import time
 from switchboard.errors import Forbidden, Invalid, NotFound, Overloaded, SwitchboardError
 from switchboard.protocol import UNSTORABLE_TEXT_RE, new_message_id, now_ms, validate_text
 from switchboard.storage.models import MEMBER, MESSAGE, RECEIPT, Conversation, MailboxEvent, Message, WriteBatch
-from switchboard.storage.store import StaleSequencer, StorageUnavailable, Store
+from switchboard.storage.store import StalePlacement, StaleSequencer, StorageUnavailable, Store
 
 from .conversation_cache import ConversationCache
 from .ops import AddMember, CreateConversation, MarkRead, Operation, Outcome, RemoveMember, SendMessage
+from .placement import Ownership, PlacementView
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,11 @@ class _DeadlinePassed(Exception):
 
 
 class Sequencer:
-    def __init__(self, store: Store, max_members: int):
+    def __init__(self, store: Store, max_members: int, ownership: Ownership | None = None):
         self.store = store
+        # What this shard owns, and the epoch its commits are fenced with (None: everything,
+        # unfenced, for a sequencer on its own in unit tests).
+        self.ownership = ownership
         self.max_members = max_members
         self.cache = ConversationCache()  # and the ids known not to exist
         self._recent_sends: collections.OrderedDict[tuple[str, str, str], Message] = collections.OrderedDict()
@@ -88,6 +92,10 @@ class Sequencer:
         else:
             self.cache.remember_miss(conversation_id)
         return loaded
+
+    def let_go(self, owns) -> int:
+        """Forget the conversations this shard no longer owns (on the writer thread)."""
+        return self.cache.let_go(owns)
 
     def members_for_typing(self, conversation_id: str, user_id: str) -> list[str]:
         conversation = self._member_conversation(conversation_id, user_id)
@@ -148,8 +156,11 @@ class Sequencer:
         remember (saving a query per batch); a collision rolls the batch back, and the second
         attempt looks the originals up first.
         """
+        view = self.ownership.view if self.ownership is not None else None  # one placement per batch
         try:
-            return self._commit_once(operations, False, deadline, events_max)
+            return self._commit_once(operations, False, deadline, events_max, view)
+        except StalePlacement as error:
+            return self._placement_moved(operations, view, error)
         except StaleSequencer as error:
             # A retried send collided, or our cached last_seq was wrong (another owner wrote, or
             # a commit we thought failed had landed). Forget, reload and plan the batch again.
@@ -157,7 +168,9 @@ class Sequencer:
             self.replans += 1
             self._forget(operations)
             try:
-                return self._commit_once(operations, True, deadline, events_max)
+                return self._commit_once(operations, True, deadline, events_max, view)
+            except StalePlacement as second:
+                return self._placement_moved(operations, view, second)
             except (StaleSequencer, StorageUnavailable) as second:
                 log.warning("commit of %d operations failed twice: %s", len(operations), second)
                 self._forget(operations)
@@ -173,10 +186,23 @@ class Sequencer:
         except _DeadlinePassed:
             return self._all_failed(operations, Overloaded(DEADLINE_MESSAGE))
 
+    def _placement_moved(self, operations: list[Operation], view: PlacementView, error: Exception) -> CommitResult:
+        """The database refused this shard's epoch: a reshard happened that the shard has not
+        adopted yet. Nothing was written; every operation is answered Moved (the gateway re-routes
+        it, here again for what this shard still owns) and the shard fetches the new placement."""
+        log.warning("commit refused: %s", error)
+        self._forget(operations)
+        self.ownership.on_stale()
+        return self._all_failed(operations, view.moved())
+
     def _commit_once(self, operations: list[Operation], look_up_originals: bool, deadline: float | None,
-                     events_max: int | None) -> CommitResult:
+                     events_max: int | None, view: PlacementView | None = None) -> CommitResult:
+        if view is not None:  # what another shard owns now is refused before anything is read
+            owned = [op for op in operations if view.owns_conversation(op.conversation_id)]
+            if len(owned) < len(operations):
+                return self._plan_owned(operations, owned, look_up_originals, deadline, events_max, view)
         self._load_missing(operations)
-        batch = WriteBatch()
+        batch = WriteBatch(placement_fence=view.fence() if view is not None else None)
         drafts: dict[str, _Draft] = {}
         known_sends = self._known_sends(operations, look_up_originals)
         outcomes = []
@@ -202,6 +228,22 @@ class Sequencer:
         for message in batch.messages:
             self._remember_send(message)
         return CommitResult(outcomes=outcomes, events=batch.events)
+
+    def _plan_owned(self, operations, owned, look_up_originals, deadline, events_max, view) -> CommitResult:
+        """Commit the owned operations; the others are answered Moved, each in its place."""
+        result = self._commit_once(owned, look_up_originals, deadline, events_max, view) if owned else \
+            CommitResult([], [])
+        answers = iter(result.outcomes)
+        outcomes = []
+        for operation in operations:
+            if not view.owns_conversation(operation.conversation_id):
+                outcomes.append(Outcome.failed(view.moved()))
+                continue
+            outcome = next(answers, None)
+            if outcome is None:  # the owned ones past commit_events_max: left for the next batch
+                break
+            outcomes.append(outcome)
+        return CommitResult(outcomes, result.events, result.storage_failed)
 
     def _known_sends(self, operations: list[Operation], look_up: bool) -> dict[tuple[str, str, str], Message]:
         """Originals of retried sends: those this sequencer committed recently, and with

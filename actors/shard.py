@@ -27,6 +27,7 @@ from .commit_queue import CommitQueue
 from .home_regions import HomeRegions
 from .mailbox import AttachResult, Delivery, MailboxHost
 from .ops import SEQUENCED, Ack, CreateConversation, Operation, Outcome, TakeTokens, Typing
+from .placement import PLACEMENT_MARK, Ownership
 from .ring import Ring
 from .sequencer import Sequencer
 from .shard_checkpoint import ShardCheckpointing
@@ -50,6 +51,14 @@ class PeerLink:
 
     def deliver(self, shard_index: int, events: list[MailboxEvent]) -> None: ...
 
+    def forward(self, shard_index: int, events: list[MailboxEvent]) -> None:
+        """deliver, marked as forwarded: the receiver never forwards it again."""
+
+    def forward_ephemeral(self, shard_index: int, user_ids: list[str], frame: dict) -> None: ...
+
+    def forget_handles(self) -> None:
+        """The region resharded: handles kept by index may name stopped actors."""
+
     def deliver_ephemeral(self, shard_index: int, user_ids: list[str], frame: dict) -> None: ...
 
     def deliver_abroad(self, region: str, events: list[MailboxEvent]) -> None: ...
@@ -63,19 +72,21 @@ class MailboxShard:
                  checkpoint_interval_s: float = 0.0, commit_events_max: int | None = None,
                  budgets: dict[str, Budget] | None = None, send_timeout_s: float = DEFAULT_TIME_LEFT_S,
                  max_sockets_per_user: int | None = None, region: str = "local",
-                 homes: HomeRegions | None = None, clock: Callable[[], float] = time.monotonic):
+                 homes: HomeRegions | None = None, clock: Callable[[], float] = time.monotonic,
+                 epoch: int = 1):
         self.index = index
         self.region = region
+        # What this shard owns under its region's current placement (resharding.py moves it on).
+        self.ownership = Ownership(region, index, ring.shard_count, epoch)
         # Where each recipient's mailbox lives; one region only unless told otherwise.
         self.homes = homes or HomeRegions([region], region)
         self.owner = owner or f"shard:{index}"  # the key of its checkpoint
-        self.ring = ring
         self.store = store
         self.peers = peers
         self.clock = clock
         self.send_timeout_s = send_timeout_s
         self.max_sockets_per_user = max_sockets_per_user
-        self.sequencer = Sequencer(store, max_members=max_members)
+        self.sequencer = Sequencer(store, max_members=max_members, ownership=self.ownership)
         self.queue = CommitQueue(self.sequencer, batch_max=commit_batch_max, events_max=commit_events_max,
                                  queue_max=queue_max, on_committed=self._fan_out, name=self.owner, clock=clock)
         # With several regions, a socket attaching here records that its user's mailbox is here.
@@ -85,14 +96,27 @@ class MailboxShard:
         self.budgets = UserBudgets(budgets or {})
         self.checkpoints = ShardCheckpointing(self, checkpoint_interval_s)
         self._tasks: list[asyncio.Task] = []
+        self._refreshing: asyncio.Future | None = None
+        self._adoption: dict = {}  # the figures of the last placement adopted
         self.first_submit_at: float | None = None  # wall clock, for measuring recovery
 
     @property
     def commits(self) -> int:
         return self.queue.commits
 
+    @property
+    def ring(self) -> Ring:
+        return self.ownership.view.ring
+
+    @property
+    def epoch(self) -> int:
+        return self.ownership.view.epoch
+
     def start(self) -> None:
         if not self._tasks:
+            event_loop = asyncio.get_running_loop()
+            # Called on the writer thread when the database refused this shard's epoch.
+            self.ownership.on_stale = lambda: event_loop.call_soon_threadsafe(self.placement_refresh_wanted)
             self._tasks = [asyncio.create_task(self.queue.run()), asyncio.create_task(self._ack_loop()),
                            asyncio.create_task(self._lease_loop())]
             if (loop := self.checkpoints.loop()) is not None:
@@ -132,9 +156,14 @@ class MailboxShard:
         return [await answer if isinstance(answer, asyncio.Future) else answer for answer in answers]
 
     def _answer_now(self, operation: Operation, now: float) -> Outcome | asyncio.Future:
+        view = self.ownership.view
         if isinstance(operation, Typing):  # may read the database: a task, not in the way
+            if not view.owns_conversation(operation.conversation_id):
+                return Outcome.failed(view.moved())
             return asyncio.ensure_future(self.typing(operation.conversation_id, operation.user_id))
         if isinstance(operation, TakeTokens):
+            if not view.owns_user(operation.user_id):  # the budget lives with the user's mailbox
+                return Outcome.failed(view.moved())
             try:
                 grant = self.budgets.take(operation.user_id, operation.kind, operation.wanted, now)
             except ValueError as error:
@@ -189,14 +218,23 @@ class MailboxShard:
         """A socket goes live; `fresh` (a new connection, not a re-attach) counts against the
         user's socket cap."""
         self.start()
+        self._require_users([user_id])
         self.mailboxes.touch(gateway_id, self.clock())
         cap = self.max_sockets_per_user if fresh else None
         return await self.mailboxes.attach(gateway_id, user_id, since, socket_id, max_sockets=cap)
 
     async def attach_many(self, gateway_id: str, sockets: list[tuple]) -> list[AttachResult]:
         self.start()
+        self._require_users([user_id for user_id, *_ in sockets])
         self.mailboxes.touch(gateway_id, self.clock())
         return await self.mailboxes.attach_many(gateway_id, sockets)
+
+    def _require_users(self, user_ids: list[str]) -> None:
+        """A socket attaches only where its user's mailbox is under the current placement: one
+        attached to the old owner after a reshard would hear nothing (fan-out follows the ring)."""
+        view = self.ownership.view
+        if not all(view.owns_user(user_id) for user_id in user_ids):
+            raise view.moved()
 
     async def replay(self, user_id: str, after: int, limit: int) -> AttachResult:
         return await self.mailboxes.replay(user_id, after, limit)
@@ -211,11 +249,68 @@ class MailboxShard:
     def ack(self, user_id: str, cursor: int) -> None:
         self.mailboxes.ack(user_id, cursor)
 
-    def deliver(self, events: list[MailboxEvent]) -> None:
+    def deliver(self, events: list[MailboxEvent], forwarded: bool = False) -> None:
+        """Events for mailboxes hosted here. Ones for users another shard owns now (a sender
+        that had not yet heard of a reshard) go on to that shard, once."""
+        if not forwarded:
+            view = self.ownership.view
+            elsewhere = [event for event in events if not view.owns_user(event.user_id)]
+            if elsewhere:
+                events = [event for event in events if view.owns_user(event.user_id)]
+                for shard_index, shard_events in group_by(elsewhere, lambda e: view.ring.user_shard(e.user_id)).items():
+                    self.peers.forward(shard_index, shard_events)
         self.mailboxes.deliver(events)
 
-    def deliver_ephemeral(self, user_ids: list[str], frame: dict) -> None:
+    def deliver_ephemeral(self, user_ids: list[str], frame: dict, forwarded: bool = False) -> None:
+        if not forwarded:
+            view = self.ownership.view
+            elsewhere = [user_id for user_id in user_ids if not view.owns_user(user_id)]
+            if elsewhere:
+                user_ids = [user_id for user_id in user_ids if view.owns_user(user_id)]
+                for shard_index, users in group_by(elsewhere, view.ring.user_shard).items():
+                    self.peers.forward_ephemeral(shard_index, users, frame)
         self.mailboxes.deliver_ephemeral(user_ids, frame)
+
+    # ---- resharding --------------------------------------------------------------------------
+
+    async def adopt(self, shard_count: int, epoch: int) -> dict:
+        """Work from a newer placement: let go of the conversations and mailboxes another shard
+        owns now (what is queued for them is answered Moved when the writer reaches it; their
+        sockets re-attach at the new owner, the gateway told by announce_placement). Called
+        after the database's epoch moved, so nothing planned under the old one can commit."""
+        if not self.ownership.adopt(shard_count, epoch):
+            # Already adopted (by refresh_placement after a refused commit, say): the same figures.
+            return self._adoption if self._adoption.get("epoch") == epoch else {"adopted": False, "epoch": self.epoch}
+        view = self.ownership.view
+        self.peers.forget_handles()
+        # On the writer thread, between two commits: the cache is the writer's.
+        conversations = await self.queue.in_writer(self.sequencer.let_go, view.owns_conversation)
+        mailboxes = self.mailboxes.let_go(view.owns_user)
+        log.warning("%s adopted %d shards (epoch %d): let go of %d conversations, %d mailboxes",
+                    self.owner, shard_count, epoch, conversations, mailboxes)
+        self._adoption = {"adopted": True, "epoch": epoch, "conversations_moved": conversations,
+                          "mailboxes_moved": mailboxes, "conversations_kept": len(self.sequencer.cache),
+                          "mailboxes_kept": self.mailboxes.online_users()}
+        return self._adoption
+
+    def announce_placement(self) -> None:
+        """Tell every gateway replica streaming from this shard that the placement moved on."""
+        self.mailboxes.announce((PLACEMENT_MARK, self.epoch, self.region))
+
+    def placement_refresh_wanted(self) -> None:
+        """The database refused a commit's epoch: read the placement and adopt it (the router
+        normally tells every shard itself; this is for a shard it could not reach)."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.ensure_future(self.refresh_placement())
+
+    async def refresh_placement(self) -> None:
+        try:
+            stored = await asyncio.to_thread(self.store.placements.load, self.region)
+        except Exception as error:
+            log.warning("%s could not read its placement: %s", self.owner, error)
+            return
+        if stored is not None and (await self.adopt(stored.shard_count, stored.epoch))["adopted"]:
+            self.announce_placement()
 
     async def stream(self, gateway_id: str) -> AsyncIterator[list[Delivery]]:
         """Deliveries for one gateway replica, in batches, for as long as it listens. The first
@@ -257,6 +352,8 @@ class MailboxShard:
     def stats(self) -> dict:
         return {
             "index": self.index,
+            "epoch": self.epoch,
+            "shard_count": self.ring.shard_count,
             "online_users": self.mailboxes.online_users(),
             "queued": len(self.queue),
             "commits": self.queue.commits,

@@ -4,6 +4,7 @@ from one before the shard serves."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -12,6 +13,7 @@ from switchboard.protocol import now_ms
 
 from .checkpoint import ShardCheckpoint, collector_paused, decode_shard, encode_shard
 from .periodic import checkpoint_periodically
+from .placement import PlacementView
 
 if TYPE_CHECKING:
     from .shard import MailboxShard
@@ -82,21 +84,34 @@ class ShardCheckpointing:
         started = time.perf_counter()
         stored = shard.store.load_checkpoint(shard.owner)
         checkpoint = decode_shard(stored.state) if stored is not None else None
-        if checkpoint is not None and checkpoint.shard_count != shard.ring.shard_count:
-            log.warning("checkpoint of %s was taken with %d shards, not %d: not used",
-                        shard.owner, checkpoint.shard_count, shard.ring.shard_count)
-            checkpoint = None
         if checkpoint is None:
             self.restored = {"loaded": False}
             return self.restored
         loaded = time.perf_counter()
+        moved = 0
+        if checkpoint.shard_count != shard.ring.shard_count:
+            checkpoint, moved = owned_part(checkpoint, shard.ownership.view)
+            log.warning("checkpoint of %s was taken with another shard count: %d items moved away, the rest restore",
+                        shard.owner, moved)
         sequencer = shard.sequencer.restore(checkpoint.conversations, checkpoint.recent_sends)
         heads = shard.store.mailbox_heads([record.user_id for record in checkpoint.mailboxes])
         mailboxes = shard.mailboxes.restore(checkpoint.mailboxes, checkpoint.gateways, heads, time.monotonic())
         self.restored = {
             "loaded": True, "taken_at": checkpoint.taken_at, "bytes": len(stored.state),
-            "load_seconds": round(loaded - started, 4),
+            "load_seconds": round(loaded - started, 4), "moved_away": moved,
             "replay_seconds": round(time.perf_counter() - loaded, 4),
             **sequencer, **{f"mailbox_{key}": value for key, value in mailboxes.items()},
         }
         return self.restored
+
+
+def owned_part(checkpoint: ShardCheckpoint, view: PlacementView) -> tuple[ShardCheckpoint, int]:
+    """The part of a checkpoint taken under another shard count that this shard still owns, and
+    how many items it leaves out: those moved to another shard, which loads them lazily as any
+    item not in its checkpoint. Every kept item is still checked against the tables on restore."""
+    conversations = [c for c in checkpoint.conversations if view.owns_conversation(c.conversation_id)]
+    sends = [m for m in checkpoint.recent_sends if view.owns_conversation(m.conversation_id)]
+    mailboxes = [m for m in checkpoint.mailboxes if view.owns_user(m.user_id)]
+    moved = len(checkpoint.conversations) - len(conversations) + len(checkpoint.mailboxes) - len(mailboxes)
+    return dataclasses.replace(checkpoint, conversations=conversations, recent_sends=sends, mailboxes=mailboxes,
+                               shard_count=view.ring.shard_count), moved

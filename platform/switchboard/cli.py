@@ -1,4 +1,5 @@
-"""The `switchboard` command: up, down, status, token, migrate (and send, tail, demo: client_commands.py).
+"""The `switchboard` command: up, down, status, token, migrate (scale: scale_command.py; send, tail,
+demo: client_commands.py).
 
 `up` leaves a Ray head, the embedded PostgreSQL (unless DATABASE_URL is set) and the Serve app
 running after the command exits, and records what it started in <data_dir>/state.json. `down`
@@ -27,6 +28,7 @@ from switchboard import ray_head
 from switchboard.addresses import http_url, region_http_url, region_ws_url, ws_url
 from switchboard.auth import DEFAULT_TOKEN_TTL_S
 from switchboard.client_commands import add_client_commands
+from switchboard.scale_command import add_scale_command
 from switchboard.settings import Settings, SettingsError, redact_url, unknown_variables
 from switchboard.state_file import clear_state, read_state, settings_from_state, state_path, write_state
 
@@ -324,6 +326,7 @@ def parser() -> argparse.ArgumentParser:
                        help=f"lifetime in seconds (default {DEFAULT_TOKEN_TTL_S})")
     token.set_defaults(run=cmd_token)
     commands.add_parser("migrate", help="apply the database migrations").set_defaults(run=cmd_migrate)
+    add_scale_command(commands)  # scale_command.py
     add_client_commands(commands)  # send, tail, demo: client_commands.py
     return top
 

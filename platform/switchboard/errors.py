@@ -9,6 +9,9 @@
      +-- TooLarge               "too_large"       body over the limit
      +-- RateLimited            "rate_limited"    over the per-user rate; carries retry_after_ms
      +-- Overloaded             "overloaded"      shedding load; nothing was committed
+          +-- Moved                                   the key's owner changed (a reshard): the
+                                                      gateway re-routes it, a client never sees it
+                                                      unless its time runs out first
 
 Actors raise these; only gateway/ maps them to HTTP statuses and WebSocket close codes. They are
 plain picklable exceptions so they cross Ray calls unchanged.
@@ -82,4 +85,18 @@ class RateLimited(SwitchboardError):
 
 class Overloaded(SwitchboardError):
     code = Code.OVERLOADED
+
+
+class Moved(Overloaded):
+    """Asked of a shard that no longer owns the key (a reshard moved it), or whose placement the
+    database fenced off. Nothing was committed. `epoch` is the placement the shard works from:
+    a gateway with an older one learns the new placement before it re-routes."""
+
+    def __init__(self, region: str, epoch: int, message: str = "the shard of this item changed; retry"):
+        super().__init__(message)
+        self.region = region
+        self.epoch = epoch
+
+    def __reduce__(self):  # the extra constructor arguments must survive pickling by Ray
+        return (Moved, (self.region, self.epoch, self.message))
 

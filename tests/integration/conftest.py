@@ -103,7 +103,8 @@ def sb(tmp_path_factory):
             # this process ends; stopping it here as well would make that handler try twice.
             if platform is None and not settings.database_url:
                 stop_embedded_postgres(settings.data_dir)
-            shutil.rmtree(ray_temp_dir, ignore_errors=True)
+            if not os.environ.get("SWITCHBOARD_TEST_KEEP_RAY_LOGS"):  # set it to read the actors' logs after a run
+                shutil.rmtree(ray_temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -116,10 +116,23 @@ async def test_without_a_checkpoint_the_shard_starts_empty_and_loads_lazily(runn
     assert restarted.stats()["conversation_loads"] == 1
 
 
-async def test_a_checkpoint_of_another_ring_is_not_used(running, make_shard):
+@pytest.mark.parametrize("shard_count", [1, 3, 4, 8])
+async def test_a_checkpoint_of_another_shard_count_restores_what_the_shard_still_owns(running, make_shard, shard_count):
     await running.checkpoint()
-    restarted = make_shard(ring=Ring(3))
-    assert restarted.restore() == {"loaded": False}
+    ring = Ring(shard_count)
+    keeps_conversation, keeps_alice = ring.conversation_shard(CID) == 0, ring.user_shard(ALICE) == 0
+    restarted = make_shard(ring=ring)
+    restored = restarted.restore()
+    assert restored["loaded"]
+    assert restored["moved_away"] == (not keeps_conversation) + (not keeps_alice)
+    assert restored["conversations"] == int(keeps_conversation)
+    assert restored["mailbox_mailboxes"] == int(keeps_alice)
+    assert ("gw1" in restarted.mailboxes.sockets_of(ALICE)) == keeps_alice
+
+
+def test_the_shard_counts_above_move_the_mailbox_away_and_keep_it():
+    counts = [1, 3, 4]
+    assert {Ring(n).user_shard(ALICE) == 0 for n in counts} == {True, False}
 
 
 async def test_an_older_checkpoint_never_replaces_a_newer_one(running, store):

@@ -131,7 +131,7 @@ async def test_a_restarted_shard_gets_every_local_socket_back_in_one_call_with_i
     hub._resume_shard(0)
     await settle()
 
-    shard_0, shard_1 = directory.handles
+    shard_0, shard_1 = directory.handles[0], directory.handles[1]
     assert [sorted(call) for call in shard_0.attach_many_calls] == [sorted((u, HEAD) for u in on_0)]
     assert shard_1.attach_many_calls == []
     assert opened[on_0[0]][1].cursors() == [4, 5]  # the replay reached the socket

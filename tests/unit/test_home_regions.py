@@ -13,7 +13,7 @@ from switchboard.actors.ops import CreateConversation, SendMessage
 from switchboard.actors.ring import Ring
 from switchboard.actors.router import Placement
 from switchboard.actors.shard import MailboxShard, PeerLink
-from switchboard.gateway.shards import ShardDirectory
+from switchboard.gateway.shards import SHARD_INDEX_STRIDE, ShardDirectory
 from switchboard.protocol import CONVERSATION_ID_RE, conversation_region, new_conversation_id
 from switchboard.settings import Settings
 from switchboard.storage.memory_store import MemoryStore
@@ -113,6 +113,11 @@ class RegionPeers(PeerLink):
         self.typing_abroad.append((region, sorted(user_ids)))
 
 
+def conversation_of_shard_0(ring: Ring) -> str:
+    """A new eu conversation id that the shard under test (index 0) sequences."""
+    return next(cid for cid in (new_conversation_id("eu") for _ in range(1000)) if ring.conversation_shard(cid) == 0)
+
+
 @pytest.fixture
 async def eu_shard():
     store, peers = MemoryStore(), RegionPeers()
@@ -130,7 +135,7 @@ async def test_each_recipient_region_gets_one_hand_off_per_commit_and_home_users
     store.mailbox_head("ap1", "ap-south")
     at_home = [next(u for u in (f"eu{n}" for n in itertools.count()) if ring.user_shard(u) == 1)]
     members = ("us1", "us2", "ap1", *at_home)
-    cid = new_conversation_id("eu")
+    cid = conversation_of_shard_0(ring)
     (created,) = await shard.submit([CreateConversation(cid, "us1", members, "", "eu")])
     created.unwrap()
     peers.here.clear()
@@ -144,9 +149,9 @@ async def test_each_recipient_region_gets_one_hand_off_per_commit_and_home_users
 
 
 async def test_typing_goes_abroad_by_the_recorded_regions(eu_shard):
-    shard, store, peers, _ = eu_shard
+    shard, store, peers, ring = eu_shard
     store.mailbox_head("us1", "us")
-    cid = new_conversation_id("eu")
+    cid = conversation_of_shard_0(ring)
     (created,) = await shard.submit([CreateConversation(cid, "eu-a", ("eu-a", "us1"), "", "eu")])
     created.unwrap()
     (typed,) = await shard.submit([_typing(cid, "eu-a")])
@@ -190,4 +195,4 @@ def test_the_directory_finds_a_conversation_in_the_region_its_id_names():
     cid = new_conversation_id("us")
     assert found.for_conversation(cid)[1] == f"shard:us:{Ring(3).conversation_shard(cid)}"
     assert found.for_conversation("c_legacy_id_xyz")[1].startswith("shard:eu:")
-    assert list(found.home_indexes()) == [2, 3, 4]
+    assert list(found.home_indexes()) == [SHARD_INDEX_STRIDE + i for i in range(3)]  # us is the second region

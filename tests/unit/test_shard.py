@@ -19,6 +19,8 @@ from switchboard.storage.store import StorageUnavailable
 CID = "c_room"
 SHARDS = 3
 RING = Ring(SHARDS)
+# A conversation id that does not exist, owned by shard 0 (the one the tests submit to).
+MISSING = next(f"c_nope{i}" for i in range(1000) if RING.conversation_shard(f"c_nope{i}") == 0)
 
 
 def users_on(shard_index: int, count: int) -> list[str]:
@@ -115,7 +117,7 @@ async def test_concurrent_submits_share_commits(shard, store):
 
 
 async def test_refusals_come_back_in_place(shard):
-    batch = [*sends(1), SendMessage(CID, "outsider", "x", "hi"), SendMessage("c_nope", LOCAL_A, "y", "hi"),
+    batch = [*sends(1), SendMessage(CID, "outsider", "x", "hi"), SendMessage(MISSING, LOCAL_A, "y", "hi"),
              *sends(1, start=1)]
     outcomes = await shard.submit(batch)
     assert [type(o.error) if o.error else o.value["seq"] for o in outcomes] == [1, Forbidden, NotFound, 2]

@@ -24,7 +24,7 @@ import logging
 import time
 
 from switchboard.actors.ops import Operation, Outcome
-from switchboard.errors import Overloaded, SwitchboardError
+from switchboard.errors import Moved, Overloaded, SwitchboardError
 
 from .shards import RETRY_BACKOFF_S, SHARD_GONE, unwrap
 
@@ -47,8 +47,12 @@ _Entry = tuple[Operation, asyncio.Future, float]  # (operation, its answer, its 
 class ShardBatcher:
     """Queues operations for one shard and submits them in batches, retrying while it restarts."""
 
-    def __init__(self, handle, deadline_s: float, queue_max: int = 10_000, clock=time.monotonic):
+    def __init__(self, handle, deadline_s: float, queue_max: int = 10_000, clock=time.monotonic, on_moved=None):
         self.handle = handle
+        # on_moved(entry, error): an operation the shard answered Moved (a reshard), or one whose
+        # shard was removed (error None), for the caller to route again; without it, answered.
+        self.on_moved = on_moved
+        self.retired = False  # the shard left the placement: what fails on it is routed again
         self.deadline_s = deadline_s
         self.queue_max = queue_max
         self.clock = clock
@@ -77,6 +81,19 @@ class ShardBatcher:
         self._pump()
         return future
 
+    def requeue(self, operation: Operation, future: asyncio.Future, deadline: float) -> None:
+        """Queue an operation routed here again, keeping its answer's future and its deadline."""
+        if future.done():
+            return
+        if len(self._queue) >= self.queue_max:
+            self.shed += 1
+            future.set_result(Outcome.failed(Overloaded(QUEUE_FULL)))
+            return
+        self._queue.append((operation, future, deadline))
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        self._pump()
+
     def stop(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -97,9 +114,17 @@ class ShardBatcher:
             now = self.clock()
             outcomes = await self.handle.submit.remote([operation for operation, _, _ in batch],
                                                        [max(0.0, deadline - now) for _, _, deadline in batch])
-            for (_, future, _), outcome in zip(batch, outcomes):
-                _settle(future, outcome)
+            for entry, outcome in zip(batch, outcomes):
+                if self.on_moved is not None and isinstance(outcome.error, Moved) and not entry[1].done():
+                    self.on_moved(entry, outcome.error)
+                else:
+                    _settle(entry[1], outcome)
         except SHARD_GONE as error:
+            if self.retired and self.on_moved is not None:  # removed by a reshard: not coming back
+                for entry in batch:
+                    if not entry[1].done():
+                        self.on_moved(entry, None)
+                return
             log.warning("shard unavailable (%s); retrying %d operations", type(error).__name__, len(batch))
             await asyncio.sleep(RETRY_BACKOFF_S)
             now = self.clock()

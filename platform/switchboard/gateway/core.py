@@ -20,6 +20,7 @@ from switchboard.storage.store import StorageUnavailable
 
 from .batcher import ShardBatcher
 from .delivery import DeliveryHub
+from .placement_follower import PlacementFollower
 from .preauth import PreAuthGate
 from .rate_limit import LEASE_TIMEOUT_S, RateLimiter, SharedLimits
 from .shards import SHARD_GONE, ShardDirectory
@@ -49,11 +50,14 @@ class GatewayCore:
         self.http_limiter = RateLimiter(settings.http_rate_per_s, settings.http_burst)
         self.preauth = PreAuthGate(settings.preauth_sockets_per_address, settings.preauth_sockets_max)
         self.directory: ShardDirectory | None = None
-        # Two batchers per shard: writes (the sequencer's operations, whose calls last as long as
-        # a commit) and signals (token leases, typing, acks: answered at once by the shard), so
-        # a lease or a typing frame never waits behind a slow or stuck commit.
-        self.batchers: list[ShardBatcher] = []
-        self.signal_batchers: list[ShardBatcher] = []
+        # Two batchers per shard (by flat index, made on first use): writes (the sequencer's
+        # operations, whose calls last as long as a commit) and signals (token leases, typing,
+        # acks: answered at once by the shard), so a lease or a typing frame never waits behind
+        # a slow or stuck commit.
+        self.batchers: dict[int, ShardBatcher] = {}
+        self.signal_batchers: dict[int, ShardBatcher] = {}
+        self.placements = PlacementFollower(self)  # reshards, learned while serving
+        self.clock = time.monotonic
         self.hub: DeliveryHub | None = None
         self._health: tuple[float, str | None] = (0.0, "starting")
         self.sessions: set = set()  # live WebSocket sessions, for drain
@@ -62,13 +66,25 @@ class GatewayCore:
 
     async def start(self) -> None:
         self.directory = await ShardDirectory.from_routers(self.settings, self.home_region)
-        self.batchers = [ShardBatcher(handle, self.settings.send_timeout_s, self.settings.gateway_queue_max)
-                         for handle in self.directory.handles]
-        self.signal_batchers = [ShardBatcher(handle, SIGNAL_TIMEOUT_S, self.settings.gateway_queue_max)
-                                for handle in self.directory.handles]
         self.hub = DeliveryHub(self.gateway_id, self.directory, attach_deadline_s=self.settings.send_timeout_s,
-                               enqueue_at=self.enqueue_at)
+                               enqueue_at=self.enqueue_at, placements=self.placements)
         await self.hub.start()
+
+    def write_batcher(self, index: int) -> ShardBatcher:
+        batcher = self.batchers.get(index)
+        if batcher is None:
+            batcher = self.batchers[index] = self._batcher(index, self.settings.send_timeout_s)
+        return batcher
+
+    def signal_batcher(self, index: int) -> ShardBatcher:
+        batcher = self.signal_batchers.get(index)
+        if batcher is None:
+            batcher = self.signal_batchers[index] = self._batcher(index, SIGNAL_TIMEOUT_S)
+        return batcher
+
+    def _batcher(self, index: int, deadline_s: float) -> ShardBatcher:
+        return ShardBatcher(self.directory.handles[index], deadline_s, self.settings.gateway_queue_max,
+                            on_moved=self.placements.moved_callback(self.directory.region_of(index)))
 
     async def drain(self) -> None:
         """This replica is going away: every socket answers its accepted sends, then closes with
@@ -78,7 +94,7 @@ class GatewayCore:
             await session.close(CLOSE_GOING_AWAY, "server draining; reconnect with since")
 
     async def stop(self) -> None:
-        for batcher in (*self.batchers, *self.signal_batchers):
+        for batcher in (*self.batchers.values(), *self.signal_batchers.values()):
             batcher.stop()
         if self.hub is not None:
             self.hub.flush_acks()
@@ -92,15 +108,15 @@ class GatewayCore:
     def enqueue(self, operation: Operation, started: float | None = None) -> asyncio.Future:
         """submit without a coroutine: a future of the Outcome (the WebSocket hot path). The
         send timeout runs from `started` (when the frame or request came in), if given."""
-        index, _ = self.directory.for_conversation(operation.conversation_id)
+        index = self.directory.conversation_index(operation.conversation_id)
         if isinstance(operation, SEQUENCED):
             timeout_s = None if started is None else self.settings.send_timeout_s - (time.monotonic() - started)
-            return self.batchers[index].enqueue(operation, timeout_s)
-        return self.signal_batchers[index].enqueue(operation)
+            return self.write_batcher(index).enqueue(operation, timeout_s)
+        return self.signal_batcher(index).enqueue(operation)
 
     def enqueue_at(self, index: int, operation: Operation, timeout_s: float | None = None) -> asyncio.Future:
         """A signal for shard `index` itself (token leases and acks: the user's shard)."""
-        return self.signal_batchers[index].enqueue(operation, timeout_s)
+        return self.signal_batcher(index).enqueue(operation, timeout_s)
 
     async def run(self, operation: Operation, started: float | None = None) -> Outcome:
         """submit, raising the refusal as an exception (for HTTP handlers)."""
@@ -119,7 +135,7 @@ class GatewayCore:
         delivery hub's (attach, replay, stream, heartbeat...). Zero while its users are at home."""
         calls = dict(self.hub.calls_abroad) if self.hub is not None else {}
         for kind, batchers in (("submit", self.batchers), ("signal", self.signal_batchers)):
-            abroad = sum(b.calls for index, b in enumerate(batchers) if self.directory.is_abroad(index))
+            abroad = sum(b.calls for index, b in batchers.items() if self.directory.is_abroad(index))
             if abroad:
                 calls[kind] = abroad
         return calls

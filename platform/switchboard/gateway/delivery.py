@@ -28,10 +28,14 @@ import itertools
 import logging
 from typing import TYPE_CHECKING
 
+from ray.exceptions import RayTaskError
+
 from switchboard.actors.mailbox import AttachResult, Delivery
 from switchboard.actors.ops import Ack
+from switchboard.actors.placement import PLACEMENT_MARK
+from switchboard.errors import Moved
 
-from .shards import RETRY_BACKOFF_S, SHARD_GONE, ShardDirectory, call_while_restarting
+from .shards import RETRY_BACKOFF_S, SHARD_GONE, ShardDirectory, call_while_restarting, unwrap
 
 if TYPE_CHECKING:
     from .session import Session
@@ -45,8 +49,10 @@ ACK_TIMEOUT_S = 2.0
 
 
 class DeliveryHub:
-    def __init__(self, gateway_id: str, directory: ShardDirectory, attach_deadline_s: float, enqueue_at=None):
+    def __init__(self, gateway_id: str, directory: ShardDirectory, attach_deadline_s: float, enqueue_at=None,
+                 placements=None):
         self.gateway_id = gateway_id
+        self.placements = placements  # gateway/placement_follower.py: learns reshards
         self.directory = directory
         self.attach_deadline_s = attach_deadline_s
         self.enqueue_at = enqueue_at  # (shard index, operation, timeout) -> future of its Outcome
@@ -110,22 +116,37 @@ class DeliveryHub:
     async def attach(self, session: Session, since: int | None, fresh: bool = False) -> AttachResult:
         """Attach a session's socket to its mailbox (the first page of its replay comes back),
         waiting out a shard restart up to the deadline; `fresh` counts it against the user's cap."""
-        index, handle = self.directory.for_user(session.user_id, session.region)
-        self.open_stream(index)  # before the attach: what the shard queues meanwhile waits there
-
-        def attach():
+        def attach(index, handle):
+            self.open_stream(index)  # before the attach: what the shard queues meanwhile waits there
             self._count(index, "attach")
             return handle.attach.remote(self.gateway_id, session.user_id, since, session.socket_id, fresh)
-        return await call_while_restarting(attach, self.attach_deadline_s)
+        return await self._at_owner(session, attach)
 
     async def replay(self, session: Session, after: int, limit: int) -> AttachResult:
         """The next page of a session's user's events after `after` (a read; no registration)."""
-        index, handle = self.directory.for_user(session.user_id, session.region)
-
-        def replay():
+        def replay(index, handle):
             self._count(index, "replay")
             return handle.replay.remote(session.user_id, after, limit)
-        return await call_while_restarting(replay, self.attach_deadline_s)
+        return await self._at_owner(session, replay)
+
+    async def _at_owner(self, session: Session, call):
+        """call(index, handle) at the shard owning the session's mailbox, waiting out a restart;
+        a shard that says Moved (a reshard this replica has not heard of) sends it to the new
+        owner once the placement is learned."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.attach_deadline_s
+        while True:
+            index, handle = self.directory.for_user(session.user_id, session.region)
+            try:
+                return await call_while_restarting(lambda: call(index, handle), max(0.0, deadline - loop.time()))
+            except RayTaskError as error:
+                moved = unwrap(error)
+                if not isinstance(moved, Moved) or self.placements is None or loop.time() > deadline:
+                    raise moved if isinstance(moved, Moved) else error
+                if moved.epoch > self.directory.epoch(moved.region):
+                    await self.placements.learn(moved.region)
+                else:
+                    await asyncio.sleep(RETRY_BACKOFF_S)
 
     def ack(self, session: Session, cursor: int) -> None:
         key = (session.user_id, session.region)
@@ -147,9 +168,12 @@ class DeliveryHub:
     # ---- streams -------------------------------------------------------------------------------
 
     async def _pump(self, index: int) -> None:
-        handle = self.directory.handles[index]
         reconnecting = False
         while True:
+            handle = self.directory.handles.get(index)
+            if handle is None:  # the shard left the placement (a reshard)
+                self._pumps.pop(index, None)
+                return
             try:
                 if reconnecting:
                     self._count(index, "stream")
@@ -175,7 +199,9 @@ class DeliveryHub:
         """Tell every shard this replica lives; a dead one stops, and the shards forget its sockets."""
         while True:
             for index in list(self._pumps):
-                handle = self.directory.handles[index]
+                handle = self.directory.handles.get(index)
+                if handle is None:
+                    continue
                 self._count(index, "heartbeat")
                 try:
                     handle.heartbeat.remote(self.gateway_id)
@@ -199,7 +225,9 @@ class DeliveryHub:
         a shard with 10,000 live mailboxes, median 3.6 s per socket against 2.5 s in one call).
         If the call fails for another reason than the shard being gone (a replay query), each
         session tries alone, so that one mailbox's trouble does not close every socket."""
-        handle = self.directory.handles[index]
+        handle = self.directory.handles.get(index)
+        if handle is None:
+            return
 
         def attach_open_sessions():  # again on each retry, without the sessions closed meanwhile
             nonlocal sessions
@@ -225,5 +253,37 @@ class DeliveryHub:
 
     def _dispatch(self, batch: list[Delivery]) -> None:
         for user_id, cursor, text in batch:
-            for session in self.sessions.get(user_id, ()):
-                session.push_live(cursor, text)
+            sessions = self.sessions.get(user_id)
+            if sessions:
+                for session in sessions:
+                    session.push_live(cursor, text)
+            elif user_id == PLACEMENT_MARK and self.placements is not None:
+                self.placements.heard(text, cursor)  # (mark, epoch, region)
+
+    # ---- reshards (gateway/placement_follower.py) ------------------------------------------------
+
+    def session_indexes(self) -> dict[Session, int]:
+        """The shard each local session is attached at, under the placement held now."""
+        return {session: self.directory.user_index(user_id, session.region)
+                for user_id, sessions in self.sessions.items() for session in sessions}
+
+    def placement_changed(self, region: str, before: dict[Session, int]) -> None:
+        """A region's placement moved on: streams to its removed shards stop (their pumps end by
+        themselves), its new home shards get streams, and each session whose mailbox moved
+        re-attaches at its new shard with its last cursor (the shard replays what it missed)."""
+        if region == self.directory.home_region:
+            for index in self.directory.home_indexes():
+                self.open_stream(index)
+        moved: dict[int, list[Session]] = collections.defaultdict(list)
+        for session, old_index in before.items():
+            new_index = self.directory.user_index(session.user_id, session.region)
+            if new_index != old_index and not session.closed and session.begin_reattach():
+                moved[new_index].append(session)
+        for index, sessions in moved.items():
+            self.open_stream(index)
+            task = asyncio.create_task(self._reattach_all(index, sessions))
+            self._reattaching.add(task)
+            task.add_done_callback(self._reattaching.discard)
+        if moved:
+            log.warning("placement of %s changed: %d sessions re-attach at their new shards",
+                        region, sum(map(len, moved.values())))

@@ -11,8 +11,9 @@ import ray
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
 from switchboard.actors import registry
+from switchboard.actors.placement import Placement
+from switchboard.actors.resharding import MAX_SHARDS_PER_REGION
 from switchboard.actors.ring import Ring
-from switchboard.actors.router import Placement
 from switchboard.errors import SwitchboardError
 from switchboard.protocol import conversation_region
 from switchboard.settings import Settings
@@ -26,6 +27,8 @@ RETRY_BACKOFF_S = 0.05
 ROUTER_WAIT_S = 30.0
 # Conversations whose shard index is remembered; past this the memo starts over (a rehash each).
 PLACEMENT_CACHE_MAX = 100_000
+# Flat indexes per region: no region runs more shards than a reshard may ask for.
+SHARD_INDEX_STRIDE = MAX_SHARDS_PER_REGION
 
 # A shard that died or is restarting: worth retrying the call, since every operation is
 # idempotent (sends by client_msg_id, creates by the gateway-chosen conversation id).
@@ -53,44 +56,66 @@ def unwrap(error: BaseException) -> BaseException:
 
 
 class ShardDirectory:
-    """Every region's shards as one flat list (region by region, in the settings' order), so
-    batchers and delivery pumps are indexed alike whatever the region. A user's mailbox is on its
+    """Every region's shards under one flat index: region position x SHARD_INDEX_STRIDE + shard
+    index, so batchers and delivery pumps are indexed alike whatever the region, and a reshard
+    (a region's shard count changing) moves no other region's indexes. A user's mailbox is on its
     home region's ring; a conversation's sequencer on the ring of the region its id names."""
 
     def __init__(self, settings: Settings, placements: list[Placement], home_region: str | None = None,
                  get_handle=None):
         """get_handle(name, namespace) -> an actor handle (Ray's named actors unless given)."""
-        get_handle = get_handle or (lambda name, namespace: ray.get_actor(name, namespace=namespace))
+        self._get_handle = get_handle or (lambda name, namespace: ray.get_actor(name, namespace=namespace))
         self.settings = settings
         self.home_region = home_region or settings.region  # the region this replica serves from
-        self.placements = {placement.region: placement for placement in placements}
-        self.rings = {placement.region: Ring(placement.shard_count) for placement in placements}
-        self.offsets: dict[str, int] = {}
-        self.handles: list = []
-        self.regions: list[str] = []  # the region of each flat index
-        for placement in placements:
-            self.offsets[placement.region] = len(self.handles)
-            self.handles += [get_handle(name, placement.namespace) for name in placement.shard_names]
-            self.regions += [placement.region] * placement.shard_count
+        self.region_order = [placement.region for placement in placements]
+        self.offsets = {region: position * SHARD_INDEX_STRIDE for position, region in enumerate(self.region_order)}
+        self.placements: dict[str, Placement] = {}
+        self.rings: dict[str, Ring] = {}
+        self.handles: dict[int, object] = {}  # flat index -> handle, for the current placements' shards
         self._conversation_shards: dict[str, int] = {}
+        for placement in placements:
+            self._set(placement)
+
+    def _set(self, placement: Placement) -> None:
+        region, offset = placement.region, self.offsets[placement.region]
+        for index in [index for index in self.handles if self.region_of(index) == region]:
+            del self.handles[index]
+        for index, name in enumerate(placement.shard_names):
+            self.handles[offset + index] = self._get_handle(name, placement.namespace)
+        self.placements[region] = placement
+        self.rings[region] = Ring(placement.shard_count)
+        self._conversation_shards.clear()
+
+    def apply(self, placement: Placement) -> bool:
+        """Take a region's newer placement (a reshard); False if it is not newer than the one held."""
+        if placement.region not in self.offsets or placement.epoch <= self.placements[placement.region].epoch:
+            return False
+        self._set(placement)
+        return True
+
+    def epoch(self, region: str) -> int:
+        return self.placements[region].epoch
 
     @classmethod
     async def from_routers(cls, settings: Settings, home_region: str | None = None) -> ShardDirectory:
         """Ask every region's router for its placement, waiting out a restart of a router (a
         replica starting meanwhile would otherwise fail, and Serve would start another)."""
-        async def placement_of(region: str) -> Placement:
-            router = registry.get_actor(settings, registry.router_name(region))
-            return await call_while_restarting(router.placement.remote, ROUTER_WAIT_S)
-        placements = await asyncio.gather(*(placement_of(region) for region in settings.regions))
+        placements = await asyncio.gather(*(placement_of(settings, region) for region in settings.regions))
         return cls(settings, list(placements), home_region)
+
+    def region_of(self, index: int) -> str:
+        return self.region_order[index // SHARD_INDEX_STRIDE]
+
+    def indexes_of(self, region: str) -> range:
+        start = self.offsets[region]
+        return range(start, start + self.placements[region].shard_count)
 
     def home_indexes(self) -> range:
         """The flat indexes of this replica's own region's shards."""
-        start = self.offsets[self.home_region]
-        return range(start, start + self.placements[self.home_region].shard_count)
+        return self.indexes_of(self.home_region)
 
     def is_abroad(self, index: int) -> bool:
-        return self.regions[index] != self.home_region
+        return self.region_of(index) != self.home_region
 
     def user_index(self, user_id: str, region: str) -> int:
         """The flat index of the shard hosting user_id's mailbox in its home region (the default
@@ -103,9 +128,9 @@ class ShardDirectory:
         index = self.user_index(user_id, region)
         return index, self.handles[index]
 
-    def for_conversation(self, conversation_id: str) -> tuple[int, object]:
+    def conversation_index(self, conversation_id: str) -> int:
         # Every send looks its conversation up; hashing onto the ring each time was ~6% of a
-        # gateway's CPU under load. The placement never changes for this directory's life.
+        # gateway's CPU under load. The memo starts over when a placement changes.
         index = self._conversation_shards.get(conversation_id)
         if index is None:
             if len(self._conversation_shards) >= PLACEMENT_CACHE_MAX:
@@ -113,4 +138,22 @@ class ShardDirectory:
             region = conversation_region(conversation_id, self.offsets, self.settings.region)
             index = self.offsets[region] + self.rings[region].conversation_shard(conversation_id)
             self._conversation_shards[conversation_id] = index
+        return index
+
+    def for_conversation(self, conversation_id: str) -> tuple[int, object]:
+        index = self.conversation_index(conversation_id)
         return index, self.handles[index]
+
+    def index_for(self, operation, region: str) -> int:
+        """Where an operation goes now: its conversation's sequencer, or (a token lease, an ack:
+        no conversation) the mailbox shard of its user in `region`."""
+        conversation_id = getattr(operation, "conversation_id", None)
+        if conversation_id is not None:
+            return self.conversation_index(conversation_id)
+        return self.user_index(operation.user_id, region)
+
+
+async def placement_of(settings: Settings, region: str) -> Placement:
+    """A region's placement from its router, waiting out a restart of the router."""
+    router = registry.get_actor(settings, registry.router_name(region))
+    return await call_while_restarting(router.placement.remote, ROUTER_WAIT_S)

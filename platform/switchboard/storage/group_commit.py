@@ -7,7 +7,8 @@ commits 30x faster batched than per row: durable-before-ack needs this.
 
 The checks that must veto the commit are made by the statements themselves, so the COMMIT can be
 pipelined behind them: a sequence fence that does not move divides by zero, a retried message hits
-the unique index; either error aborts the transaction and the COMMIT that follows becomes a no-op.
+the unique index, a shard whose placement epoch is no longer current fails a cast; any of these
+aborts the transaction and the COMMIT that follows becomes a no-op.
 
 Why the COMMIT is a statement in the pipeline and not `connection.commit()`: inside a pipeline,
 psycopg's commit() syncs and then waits only for the server's answer, after a single flush of its
@@ -39,6 +40,9 @@ def write_batch(driver, batch: WriteBatch, statement_timeout_ms: int | None = No
         with driver.pipeline():  # its exit flushes every byte, then reads every answer
             if statement_timeout_ms is not None:
                 cursor.execute(SET_STATEMENT_TIMEOUT, {"ms": str(max(1, int(statement_timeout_ms)))})
+            if batch.placement_fence is not None:
+                region, index, epoch = batch.placement_fence
+                cursor.execute(PLACEMENT_FENCE, {"region": region, "index": index, "epoch": epoch})
             for statement, params in _statements(batch):
                 cursor.execute(statement, params)
             if batch.events:
@@ -88,6 +92,16 @@ def _statements(batch: WriteBatch):
 
 # Local to the transaction: the connection's own default applies again after it.
 SET_STATEMENT_TIMEOUT = "SELECT set_config('statement_timeout', %(ms)s, true)"
+
+# First, so nothing else is locked while a reshard holds the row: the shard's row of
+# placement_fences, held shared to COMMIT (a reshard's update of it waits for this commit, and a
+# commit after the update sees the new epoch). A stale epoch fails the cast with our marker in the
+# message: SqlStore turns that into StalePlacement. No row (a region older than placements): no check.
+STALE_PLACEMENT_MARK = "stale placement epoch"
+PLACEMENT_FENCE = f"""
+    SELECT (CASE WHEN epoch = %(epoch)s THEN '1' ELSE '{STALE_PLACEMENT_MARK}' END)::int
+    FROM placement_fences WHERE region = %(region)s AND shard_index = %(index)s FOR SHARE
+"""
 
 INSERT_CONVERSATIONS = """
     INSERT INTO conversations (conversation_id, title, region, created_by, created_at, last_seq)

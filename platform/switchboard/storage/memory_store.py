@@ -25,7 +25,8 @@ import threading
 
 from ..protocol import now_ms
 from .models import MESSAGE, Conversation, MailboxEvent, MailboxHead, Message, StoredCheckpoint, WriteBatch
-from .store import StaleSequencer, StorageUnavailable
+from .placements import MemoryPlacements
+from .store import StalePlacement, StaleSequencer, StorageUnavailable
 
 MS_PER_DAY = 86_400_000
 
@@ -66,6 +67,7 @@ class MemoryStore:
         self._events: dict[str, dict[int, _StoredEvent]] = {}  # user_id -> cursor -> row
         self._read_marks: dict[tuple[str, str], int] = {}
         self._checkpoints: dict[str, StoredCheckpoint] = {}
+        self.placements = MemoryPlacements()
 
     # ---- conversations ---------------------------------------------------------------------
 
@@ -122,6 +124,7 @@ class MemoryStore:
         statements run first (conversations, members, read marks, then fences, messages and events
         in one pipeline) and the fences' answers are checked last. A message colliding with a
         stored one is StaleSequencer there too (another writer moved the conversation)."""
+        self._check_placement(batch)
         self._check_new_conversations(batch)
         known = set(self._conversations) | {c.conversation_id for c in batch.new_conversations}
         for conversation_id, user_id, _ in batch.added_members:
@@ -132,6 +135,14 @@ class MemoryStore:
         for event in batch.events:
             _check_ids(user_id=event.user_id, kind=event.kind, conversation_id=event.conversation_id)
         self._check_fences(batch)
+
+    def _check_placement(self, batch: WriteBatch) -> None:
+        if batch.placement_fence is None:
+            return
+        region, index, epoch = batch.placement_fence
+        stored = self.placements.fences.get((region, index))
+        if stored is not None and stored != epoch:
+            raise StalePlacement(f"shard {index} of {region}: epoch {epoch} is no longer current ({stored})")
 
     def _check_new_conversations(self, batch: WriteBatch) -> None:
         new_ids = [c.conversation_id for c in batch.new_conversations]

@@ -93,6 +93,9 @@ class WriteBatch:
     seq_fences: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
     read_marks: list[tuple[str, str, int]] = dataclasses.field(default_factory=list)
     events: list[MailboxEvent] = dataclasses.field(default_factory=list)
+    # (region, shard index, epoch): the placement the committing shard works from; the commit is
+    # refused (StalePlacement) unless it is still that shard's epoch (storage/placements.py).
+    placement_fence: tuple[str, int, int] | None = None
 
     def is_empty(self) -> bool:
         return not (self.new_conversations or self.added_members or self.removed_members

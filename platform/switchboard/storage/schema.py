@@ -12,6 +12,10 @@ mailbox_events  the per-user cursor log; a message event points at its message r
 read_marks      the highest seq each member marked read
 checkpoints     one row per actor (a shard, a router): its state as one compressed document, so a
                 restarted actor loads it and replays only what changed after it (actors/checkpoint.py)
+placements      one row per region: its shard count and the epoch of that placement, moved by every
+                reshard (storage/placements.py)
+placement_fences one row per shard: the epoch its commits must carry; each group commit holds its
+                shard's row shared and checks it (a shard working from an older placement is refused)
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from sqlalchemy import (
     Column,
     ForeignKeyConstraint,
     Index,
+    Integer,
     LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
@@ -112,4 +117,22 @@ checkpoints = Table(
     Column("owner", String(120), primary_key=True),  # the actor's name, e.g. shard:local:0
     Column("taken_at", BigInteger, nullable=False),  # ms since the epoch
     Column("state", LargeBinary, nullable=False),  # opaque here: actors/checkpoint.py encodes it
+)
+
+placements = Table(
+    "placements",
+    metadata,
+    Column("region", String(64), primary_key=True),
+    Column("shard_count", Integer, nullable=False),
+    Column("epoch", BigInteger, nullable=False),
+    Column("changed_at", BigInteger, nullable=False),  # ms since the epoch
+)
+
+placement_fences = Table(
+    "placement_fences",
+    metadata,
+    Column("region", String(64), nullable=False),
+    Column("shard_index", Integer, nullable=False),
+    Column("epoch", BigInteger, nullable=False),
+    PrimaryKeyConstraint("region", "shard_index"),
 )

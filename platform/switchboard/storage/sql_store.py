@@ -11,9 +11,10 @@ from psycopg.pq import TransactionStatus
 from sqlalchemy import Engine, bindparam, exc, select, text
 
 from . import schema
-from .group_commit import write_batch
+from .group_commit import STALE_PLACEMENT_MARK, write_batch
 from .models import MESSAGE, Conversation, MailboxEvent, MailboxHead, Message, StoredCheckpoint, WriteBatch
-from .store import StaleSequencer, StorageUnavailable
+from .placements import PlacementStore
+from .store import StalePlacement, StaleSequencer, StorageUnavailable
 from .watchdog import WATCHDOG
 
 # The watchdog cancels a transaction this long after its statement_timeout should have ended it
@@ -45,6 +46,7 @@ CLAIM_MAILBOX = text(
 class SqlStore:
     def __init__(self, engine: Engine):
         self.engine = engine
+        self.placements = PlacementStore(engine)
 
     # ---- conversations ---------------------------------------------------------------------
 
@@ -167,6 +169,12 @@ class SqlStore:
                 token = WATCHDOG.arm(time.monotonic() + timeout_s + CANCEL_GRACE_S, _canceller(driver))
             try:
                 write_batch(driver, batch, timeout_ms)
+            except psycopg.errors.InvalidTextRepresentation as error:
+                _roll_back(connection)
+                if STALE_PLACEMENT_MARK in str(error):
+                    raise StalePlacement(f"shard {batch.placement_fence[1]} of {batch.placement_fence[0]}: "
+                                         f"epoch {batch.placement_fence[2]} is no longer current") from error
+                raise _unavailable(error) from error
             except (psycopg.errors.DivisionByZero, psycopg.errors.UniqueViolation) as error:
                 # A fence that did not move, or a message colliding with a stored one: another
                 # writer moved this conversation (or a retried send this process did not remember).

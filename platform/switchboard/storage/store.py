@@ -16,6 +16,11 @@ class StaleSequencer(Exception):
     sequencer wrote it (or a commit's outcome was lost). The batch was rolled back."""
 
 
+class StalePlacement(Exception):
+    """The committing shard's placement epoch is no longer its region's: a reshard moved it on
+    (storage/placements.py). The batch was rolled back; the shard must adopt the new placement."""
+
+
 class StorageUnavailable(Exception):
     """The database could not be reached or the transaction failed; nothing was committed."""
 
