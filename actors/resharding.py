@@ -27,11 +27,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from switchboard.settings_checks import RANGES
+
 log = logging.getLogger(__name__)
 
-# Shards per region a reshard may ask for: bounds the flat index space of the gateways
-# (gateway/shards.py) and what one command can start.
-MAX_SHARDS_PER_REGION = 64
+# Shards per region a reshard may ask for, the same bound as the setting's: it sizes the flat
+# index space of the gateways (gateway/shards.py) and bounds what one command can start.
+MAX_SHARDS_PER_REGION = int(RANGES["shards_per_region"].high)
 # How long a removed shard keeps answering Moved (and forwarding deliveries) after the new
 # placement is announced, before it is stopped.
 REMOVED_SHARD_GRACE_S = 3.0

@@ -74,8 +74,9 @@ RANGES: dict[str, Range] = {
     # A big group commit must have time to finish; below 1 ms make_engine's whole milliseconds
     # would be 0, which PostgreSQL reads as "no timeout". An hour is no timeout any more either.
     "db_statement_timeout_s": Range(0.1, 3600),
-    # Each shard is an actor with its own database pool; the ring is sized for at most this many.
-    "shards_per_region": Range(1, 1024),
+    # Each shard is an actor with its own database pool; a reshard may ask for no more either
+    # (actors/resharding.py MAX_SHARDS_PER_REGION, which sizes the gateways' flat shard index).
+    "shards_per_region": Range(1, 64),
     "min_replicas": COUNT,
     "max_replicas": COUNT,
     "sockets_per_replica": COUNT,

@@ -130,7 +130,7 @@ WAIT = ((0.0, -1.0), (300.5,), (0.001, 300.0))
 CASES = {
     "port": ((0, -1), (65536,), (1, 65535)),
     "db_statement_timeout_s": ((0.0, 0.05), (3600.5,), (0.1, 3600.0)),
-    "shards_per_region": ((0,), (1025,), (1, 1024)),
+    "shards_per_region": ((0,), (65,), (1, 64)),
     "min_replicas": COUNT,
     "max_replicas": COUNT,
     "sockets_per_replica": COUNT,

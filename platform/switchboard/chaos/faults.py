@@ -13,6 +13,7 @@ Kinds:
   pg_restart    the embedded PostgreSQL stopped, left down a few seconds, started again on the same
                 data directory (impossible with DATABASE_URL: then the fault is skipped, and says so)
   region_loss, region_return   see region_faults.py
+  reshard       see reshard_fault.py
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ class FaultRecord:
     down_wall_ms: int | None = None
     restart_at: float | None = None
     up_at: float | None = None
+    # The default region's shard count when the fault struck (reshards change it): the ring that
+    # says which conversations and users the killed shards held.
+    shard_count: int | None = None
 
 
 @dataclasses.dataclass
@@ -92,7 +96,7 @@ class ShardKill(Fault):
         self._next = 0
 
     def inject(self, context: FaultContext) -> FaultRecord:
-        index = self._next % context.settings.shards_per_region
+        index = self._next % current_shard_count(context)
         self._next += 1
         handle = registry.get_actor(context.settings, registry.shard_name(context.settings.region, index))
         before = _started_at(context, [index])
@@ -140,7 +144,7 @@ class NodeRemove(Fault):
         if len(cluster.workers) < 2:
             return _struck(self.kind, detail="only one worker node left; not removed", skipped=True)
         hosted: dict[str, set[int]] = {}
-        for index in range(settings.shards_per_region):
+        for index in range(current_shard_count(context)):
             node_id = cluster.actor_node(registry.shard_name(settings.region, index))
             if node_id is not None:
                 hosted.setdefault(node_id, set()).add(index)
@@ -208,6 +212,16 @@ class PgRestart(Fault):
         return record
 
 
+def current_shard_count(context: FaultContext) -> int:
+    """The default region's shard count now, from its router (the settings' count before any
+    reshard, or when the router does not answer)."""
+    try:
+        router = registry.get_actor(context.settings, registry.router_name(context.settings.region))
+        return len(ray.get(router.info.remote(), timeout=10)["shard_names"])
+    except Exception:
+        return context.settings.shards_per_region
+
+
 def await_restart(context: FaultContext, record: FaultRecord, timeout_s: float = ACTOR_WAIT_S) -> bool:
     """Wait until every shard the fault took has started again; sets record.restarted_wall_ms
     and the start-up phases of the last one back."""
@@ -251,12 +265,14 @@ def _libpq_url(database_url: str) -> str:
 
 # The region faults build on the classes above (imported here, once those exist).
 from .region_faults import RegionLoss, RegionReturn  # noqa: E402
+from .reshard_fault import Reshard  # noqa: E402
 
 FAULTS: dict[str, type[Fault]] = {
     fault.kind: fault for fault in (ShardKill, RouterKill, GatewayKill, NodeRemove, NodeAdd, PgTerminate, PgRestart,
-                                    RegionLoss, RegionReturn)
+                                    RegionLoss, RegionReturn, Reshard)
 }
-DEFAULT_ORDER = ("shard_kill", "router_kill", "gateway_kill", "node_remove", "node_add", "pg_terminate", "pg_restart")
+DEFAULT_ORDER = ("shard_kill", "router_kill", "gateway_kill", "node_remove", "node_add", "pg_terminate", "pg_restart",
+                 "reshard")
 # Added to the default order when the run has several regions (a lone region has no mirror).
 REGION_ORDER = ("region_loss", "region_return")
 

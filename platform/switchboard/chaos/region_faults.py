@@ -14,14 +14,14 @@ from __future__ import annotations
 
 from switchboard.actors import registry
 
-from .faults import Fault, FaultContext, FaultRecord, _started_at, _struck
+from .faults import Fault, FaultContext, FaultRecord, _started_at, _struck, current_shard_count
 
 
 def _shards_where(context: FaultContext, wanted) -> list[int]:
     """The default region's shards whose node's region satisfies wanted(region or None)."""
     regions = {worker.node_id: worker.region for worker in context.cluster.workers}
     settings = context.settings
-    return [index for index in range(settings.shards_per_region)
+    return [index for index in range(current_shard_count(context))
             if wanted(regions.get(context.cluster.actor_node(registry.shard_name(settings.region, index))))]
 
 

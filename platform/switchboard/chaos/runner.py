@@ -39,7 +39,16 @@ from switchboard.settings import Settings
 from switchboard.storage.database import make_engine
 
 from .cluster import INGRESS_RESOURCE, LocalCluster
-from .faults import DEFAULT_ORDER, FAULTS, REGION_ORDER, FaultContext, FaultRecord, await_restart, build_faults
+from .faults import (
+    DEFAULT_ORDER,
+    FAULTS,
+    REGION_ORDER,
+    FaultContext,
+    FaultRecord,
+    await_restart,
+    build_faults,
+    current_shard_count,
+)
 from .history import Report, check_history
 from .seeding import seed_mailboxes
 from .snapshot import database_state, mailbox_heads
@@ -189,7 +198,9 @@ class ChaosRun:
             time.sleep(max(0.0, next_at - time.monotonic()))
             fault = faults[turn % len(faults)]
             turn += 1
+            shard_count = current_shard_count(context)
             record = fault.inject(context)
+            record.shard_count = record.shard_count or shard_count
             self.records.append(record)
             skipped = " (skipped)" if record.skipped else ""
             progress(f"{time.monotonic() - started:6.1f} s  {record.kind}{skipped}: {record.detail}")
@@ -255,8 +266,7 @@ class ChaosRun:
 # ---- the report ---------------------------------------------------------------------------------
 
 def figures(report: Report, records: list[FaultRecord], recoveries: list[Recovery], outage: OutageReport,
-            failures: list[str], notes: list[str], pauses: list[float], layout: dict | None = None,
-            p99s: list[float] | None = None) -> dict:
+            failures: list[str], notes: list[str], timeline, layout: dict | None = None) -> dict:
     counted = collections.Counter(r.kind for r in records if not r.skipped)
     skipped = collections.Counter(r.kind for r in records if r.skipped)
     return {
@@ -269,8 +279,10 @@ def figures(report: Report, records: list[FaultRecord], recoveries: list[Recover
         "unanswered": report.unanswered,
         "recovery_s": summarize(recoveries),
         "takeover_s": summarize([r for r in recoveries if r.kind == "region_loss"]),
-        "handback_pause_s": summarize_seconds(pauses),
-        "handback_send_p99_s": summarize_seconds(p99s or []),
+        "handback_pause_s": summarize_seconds(send_pauses(records, timeline, "region_return")),
+        "handback_send_p99_s": summarize_seconds(send_p99s(records, timeline, "region_return")),
+        "reshard_pause_s": summarize_seconds(send_pauses(records, timeline, "reshard")),
+        "reshard_send_p99_s": summarize_seconds(send_p99s(records, timeline, "reshard")),
         "violations": len(report.violations),
         "violations_by_guarantee": {str(g): len(v) for g, v in report.by_guarantee().items()},
         "resyncs": report.resyncs,
@@ -380,10 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.dump:
         dump(args.dump, traffic, run.records)
     if args.json:
-        pauses = send_pauses(run.records, traffic.timeline, "region_return")
-        p99s = send_p99s(run.records, traffic.timeline, "region_return")
-        print(json.dumps(figures(report, run.records, recoveries, outage, failures, incomplete, pauses,
-                                 traffic.layout(), p99s)), flush=True)
+        print(json.dumps(figures(report, run.records, recoveries, outage, failures, incomplete, traffic.timeline,
+                                 traffic.layout())), flush=True)
     return 0 if _passed(report, outage, failures, incomplete) else 1
 
 

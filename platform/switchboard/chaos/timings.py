@@ -57,10 +57,11 @@ class StruckRegion:
         return (self.homes.get(user_id) or self.region) == self.region
 
 
-def shard_recoveries(records: list[FaultRecord], timeline: Timeline, ring: Ring,
+def shard_recoveries(records: list[FaultRecord], timeline: Timeline, default_ring: Ring,
                      struck: StruckRegion | None = None) -> list[Recovery]:
     """struck: with several regions, only the struck region's conversations and users count
-    (another region's shard of the same index was not lost)."""
+    (another region's shard of the same index was not lost). default_ring: for records that do
+    not say how many shards the region had when they struck."""
     in_conversation = struck.has_conversation if struck else (lambda _: True)
     in_user = struck.has_user if struck else (lambda _: True)
     recoveries = []
@@ -68,6 +69,7 @@ def shard_recoveries(records: list[FaultRecord], timeline: Timeline, ring: Ring,
         if not record.killed_shards or record.skipped:
             continue
         since_ms = max(record.wall_ms, record.restarted_wall_ms or 0)
+        ring = Ring(record.shard_count) if record.shard_count else default_ring  # the ring when it struck
         sequencer = [
             answer.at - record.at for answer in timeline.answers
             if answer.kind == "sent" and answer.at > record.at and answer.message["ts"] >= since_ms
