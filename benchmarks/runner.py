@@ -14,11 +14,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import resource
 import secrets
 import sys
 
 from switchboard.settings import Settings
 
+from .capacity import CapacityResult, capacity, process_rss_bytes
 from .client import BenchError, Target, health_problem
 from .relay import RelayProcess
 from .workloads import WORKLOADS, Result
@@ -31,22 +33,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="end stdout with one JSON line of the figures")
-    parser.add_argument("--only", default="w1,w2,w3", help="comma-separated workloads, e.g. w1,w3")
+    parser.add_argument("--only", default="w1,w2,w3",
+                        help="comma-separated workloads, e.g. w1,w3; `capacity`: idle sockets held and memory per socket")
     parser.add_argument("--skip-ceiling", action="store_true", help="do not run the in-memory relay")
     parser.add_argument("--skip-platform", action="store_true", help="only run the in-memory relay")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply counts and durations (0.2: smoke run)")
     parser.add_argument("--url", help="platform base URL (default http://127.0.0.1:$SWITCHBOARD_PORT)")
     args = parser.parse_args(argv)
     args.only = [name.strip().lower() for name in args.only.split(",") if name.strip()]
+    args.capacity = "capacity" in args.only
+    args.only = [name for name in args.only if name != "capacity"]
     unknown = [name for name in args.only if name not in WORKLOADS]
-    if unknown or not args.only:
-        parser.error(f"--only takes a comma-separated subset of {', '.join(WORKLOADS)}")
+    if unknown or not (args.only or args.capacity):
+        parser.error(f"--only takes a comma-separated subset of {', '.join(WORKLOADS)}, capacity")
     if not 0 < args.scale <= 10:
         parser.error("--scale must be in (0, 10]")
     return args
 
 
-def _progress_printer(label: str):
+def _progress_printer(label: str, unit: str = "delivered"):
     tty = sys.stderr.isatty()
     last_shown_s = 0.0
 
@@ -55,7 +60,7 @@ def _progress_printer(label: str):
         if not tty and elapsed_s - last_shown_s < PROGRESS_EVERY_S_WITHOUT_TTY - 0.5:
             return
         last_shown_s = elapsed_s
-        line = f"{label}: {elapsed_s:.1f} s, {delivered} delivered, {delivered / elapsed_s:.0f} msg/s"
+        line = f"{label}: {elapsed_s:.1f} s, {delivered} {unit}, {delivered / elapsed_s:.0f}/s"
         print(f"\r{line}   " if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
 
     return show
@@ -109,12 +114,35 @@ def table(names: list[str], platform: dict[str, Result], ceiling: dict[str, Resu
     return "\n".join(lines)
 
 
-def json_summary(platform: dict[str, Result], ceiling: dict[str, Result]) -> dict:
+def json_summary(platform: dict[str, Result], ceiling: dict[str, Result],
+                 held: dict[str, CapacityResult] | None = None) -> dict:
     """Always the same keys; a workload or target that did not run is null."""
     def block(results: dict[str, Result]) -> dict:
         return {name: results[name].summary() if name in results else None for name in WORKLOADS}
 
-    return {**block(platform), "ceiling": block(ceiling)}
+    held = held or {}
+    return {**block(platform), "ceiling": block(ceiling),
+            "capacity": {label: held[label].summary() if label in held else None for label in ("platform", "ceiling")}}
+
+
+def capacity_table(held: dict[str, CapacityResult]) -> str:
+    lines = [f"{'capacity':9} {'held':>7} {'of':>7} {'open s':>7} {'KB/socket':>10} {'beyond replicas':>16} "
+             f"{'replicas':>8} {'heard':>7} {'closed':>6}"]
+    for label, result in held.items():
+        s = result.summary()
+        lines.append(f"{label:9} {s['held']:>7} {s['wanted']:>7} {s['open_s']:>7} {s['kb_per_socket']:>10} "
+                     f"{s['kb_per_socket_beyond_replicas'] if s['replicas'] else '-':>16} {s['replicas'] or '-':>8} "
+                     f"{s['sample_received']:>7} {s['closed_while_idle']:>6}")
+    if "platform" in held and held["platform"].replicas:
+        lines.append(f"platform replicas over time (s, replicas): {held['platform'].replicas}")
+    return "\n".join(lines)
+
+
+def raise_open_files_limit() -> None:
+    """10,000 sockets are 10,000 descriptors in this one process: take the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 # ---- entry point ---------------------------------------------------------------------------------
@@ -125,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     run_id = secrets.token_hex(3)  # user ids are unique per run, so reruns never collide in the database
     platform: dict[str, Result] = {}
     ceiling: dict[str, Result] = {}
+    held: dict[str, CapacityResult] = {}
+    raise_open_files_limit()
     try:
         if not args.skip_platform:
             target = Target("platform", args.url or f"http://127.0.0.1:{settings.port}", settings.jwt_secret)
@@ -135,17 +165,27 @@ def main(argv: list[str] | None = None) -> int:
                       file=sys.stderr)
                 return 2
             platform = asyncio.run(run_target(target, args.only, args.scale, run_id))
+            if args.capacity:
+                held["platform"] = asyncio.run(capacity(target, args.scale, run_id,
+                                                        progress=_progress_printer("capacity platform", "sockets held")))
         if not args.skip_ceiling:
             secret = secrets.token_urlsafe(32)
             with RelayProcess(secret) as relay:
-                ceiling = asyncio.run(run_target(Target("ceiling", relay.base_url, secret),
-                                                 args.only, args.scale, run_id))
+                relay_target = Target("ceiling", relay.base_url, secret)
+                ceiling = asyncio.run(run_target(relay_target, args.only, args.scale, run_id))
+                if args.capacity:
+                    held["ceiling"] = asyncio.run(capacity(
+                        relay_target, args.scale, run_id, measure=lambda: process_rss_bytes([relay.process.pid]),
+                        replicas=None, progress=_progress_printer("capacity ceiling", "sockets held")))
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
-    print(table(args.only, platform, ceiling))
+    if args.only:
+        print(table(args.only, platform, ceiling))
+    if held:
+        print(capacity_table(held))
     if args.json:
-        print(json.dumps(json_summary(platform, ceiling)))
+        print(json.dumps(json_summary(platform, ceiling, held)))
     broken = [f"{name} {label}: {', '.join(r.violations())}"
               for label, results in (("platform", platform), ("ceiling", ceiling))
               for name, r in results.items() if r.violations()]

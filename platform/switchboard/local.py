@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import resource
 import sys
 import time
 import urllib.request
@@ -42,6 +43,40 @@ class Platform:
         return ws_url(self.settings)
 
 
+# Serve's HAProxy, set for long-lived WebSockets (measured with benchmarks/capacity.py: opening
+# 3,000 sockets on the old defaults stalled at 2,100 for two minutes, then the first 2,000 dropped):
+# - Serve reloads HAProxy whenever replicas come or go; the old HAProxy process keeps its open
+#   connections, but Serve's default hard-stop-after (120 s) then cuts them all: every scale-up
+#   dropped every socket two minutes later. A day instead: they end when their clients leave.
+# - leastconn counts only the new process's own connections, so after a reload it sent every new
+#   socket to the replica that was already full (refused 1013, tried again, the same replica);
+#   round robin alternates.
+# - The global connection cap (4,096) was below the sockets the replicas admit; the replicas' own
+#   caps (SWITCHBOARD_SOCKETS_PER_REPLICA) are the bound that matters. HAProxy needs about 2.5 file
+#   descriptors per connection (client, replica, splice pipes) and will not start if its cap needs
+#   more than the process may open, so the cap follows the machine's limit (haproxy_maxconn).
+# - A replica port freed by a downscale is kept out of use while an old process may still route
+#   keep-alive requests to it: 10 minutes, not hard-stop-after plus 30 s (a day of ports).
+HAPROXY_FOR_SOCKETS = {
+    "RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S": "86400",
+    "RAY_SERVE_HAPROXY_BALANCE_ALGORITHM": "roundrobin",
+    "RAY_SERVE_PORT_QUARANTINE_S": "600",
+}
+HAPROXY_MAXCONN_MAX = 65536
+HAPROXY_FDS_PER_CONNECTION = 2.5
+HAPROXY_SPARE_FDS = 500  # listeners, health checks, the admin socket, logs
+
+
+def haproxy_maxconn(open_files_limit: int | None = None) -> int:
+    """The HAProxy connection cap this machine allows: 65,536, or what the hard limit on open
+    files (`ulimit -Hn`) leaves room for (7,800 with 20,000)."""
+    if open_files_limit is None:
+        open_files_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if open_files_limit == resource.RLIM_INFINITY:
+        return HAPROXY_MAXCONN_MAX
+    return max(1024, min(HAPROXY_MAXCONN_MAX, int((open_files_limit - HAPROXY_SPARE_FDS) / HAPROXY_FDS_PER_CONNECTION)))
+
+
 def ray_environment(settings: Settings) -> dict[str, str]:
     """Environment every node's Ray processes must start with (raylet, Serve controller, replicas);
     cluster.yaml sets the same (tests/unit/test_cluster_yaml.py keeps the two in step).
@@ -71,6 +106,8 @@ def ray_environment(settings: Settings) -> dict[str, str]:
             # every `switchboard down` and redeploy wait half a minute.
             "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
             "RAY_SERVE_HAPROXY_BINARY_PATH": haproxy_wrapper_path(),
+            **HAPROXY_FOR_SOCKETS,
+            "RAY_SERVE_HAPROXY_MAXCONN": str(haproxy_maxconn()),
         })
     return environment
 

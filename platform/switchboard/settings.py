@@ -79,9 +79,16 @@ class Settings:
     # back to the default proxy path, which must keep working.
     direct_ingress: bool = True
     min_replicas: int = 1
-    max_replicas: int = 2
-    sockets_per_replica: int = 2000
-    target_sockets_per_replica: int = 1000
+    # A laptop-sized machine (4-8 cores, 8-16 GB) runs 4 replicas of 4,000 sockets each (about
+    # 0.3 GB apiece when full); the autoscaler adds one when they average half full, so a replica
+    # is ready before the others fill (benchmarks/capacity.py measured the figures in the README).
+    max_replicas: int = 4
+    sockets_per_replica: int = 4000
+    target_sockets_per_replica: int = 2000
+    # Seconds the autoscaler waits before adding replicas (Serve's default is 30 s, far too slow
+    # for a crowd arriving) and before removing them.
+    upscale_delay_s: float = 2.0
+    downscale_delay_s: float = 600.0
     # Request slots of a replica that sockets can never take: past sockets_per_replica a new
     # socket is closed 1013 at once, so HTTP calls always find a slot however many sockets are
     # open (before, sockets could fill every slot and HTTP queued until it timed out).

@@ -81,6 +81,8 @@ RANGES: dict[str, Range] = {
     "max_replicas": COUNT,
     "sockets_per_replica": COUNT,
     "target_sockets_per_replica": COUNT,
+    "upscale_delay_s": Range(0, 3600),
+    "downscale_delay_s": Range(0, 86400),
     "http_slots_per_replica": COUNT,
     "send_rate_per_s": RATE,
     "send_burst": COUNT,

@@ -56,12 +56,25 @@ def test_json_line_has_exactly_the_documented_keys():
 
     assert run.returncode == 0, run.stderr
     data = json.loads(run.stdout.strip().splitlines()[-1])
-    assert set(data) == {"w1", "w2", "w3", "ceiling"}
+    assert set(data) == {"w1", "w2", "w3", "ceiling", "capacity"}
     assert set(data["ceiling"]) == {"w1", "w2", "w3"}
+    assert data["capacity"] == {"platform": None, "ceiling": None}  # not asked for
     for name in ("w1", "w2", "w3"):
         assert data[name] is None  # the platform was skipped
         assert set(data["ceiling"][name]) == METRIC_KEYS
         assert data["ceiling"][name]["lost"] == 0
+
+
+def test_the_capacity_workload_holds_idle_sockets_and_reaches_a_sample_of_them():
+    run = subprocess.run([*RUNNER, "--skip-platform", "--only", "capacity", "--json", "--scale", "0.03"],
+                         capture_output=True, text=True, timeout=120)
+
+    assert run.returncode == 0, run.stderr
+    held = json.loads(run.stdout.strip().splitlines()[-1])["capacity"]["ceiling"]
+    assert held["held"] == held["wanted"] == 300
+    assert held["sample_received"] == "40/40" and held["closed_while_idle"] == 0
+    assert held["kb_per_socket"] > 0  # the relay's process grew with its sockets
+    assert "capacity" in run.stdout and "ceiling" in run.stdout
 
 
 def test_unreachable_platform_is_reported_and_fails():

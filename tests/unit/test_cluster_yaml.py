@@ -27,6 +27,9 @@ def assignments(command: str) -> dict[str, str]:
 
 # Paths differ between this checkout's venv and the nodes' (~/switchboard-venv): the program must match.
 PATHS = ("RAY_SERVE_HAPROXY_BINARY_PATH",)
+# Follows the open-files limit of the machine it is computed on (local.haproxy_maxconn); the
+# cluster's nodes get the cap a server's limit allows.
+PER_MACHINE = ("RAY_SERVE_HAPROXY_MAXCONN",)
 
 
 def test_head_and_workers_start_ray_with_the_platform_environment():
@@ -37,5 +40,14 @@ def test_head_and_workers_start_ray_with_the_platform_environment():
         found = assignments(commands[0])
         missing = {name: value for name, value in expected.items()
                    if (pathlib.Path(found.get(name, "")).name != pathlib.Path(value).name if name in PATHS
+                       else name not in found if name in PER_MACHINE
                        else found.get(name) != value)}
         assert not missing, f"{key} lacks {missing}"
+
+
+def test_haproxy_connection_cap_fits_the_open_files_limit():
+    from switchboard.local import HAPROXY_MAXCONN_MAX, haproxy_maxconn
+
+    assert haproxy_maxconn(20_000) == 7_800  # this machine: HAProxy refused to start at 65,536
+    assert haproxy_maxconn(1_048_576) == HAPROXY_MAXCONN_MAX
+    assert 2.5 * haproxy_maxconn(20_000) + 500 <= 20_000

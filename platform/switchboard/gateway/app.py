@@ -132,6 +132,8 @@ def gateway_application(settings: Settings, database_url: str, replicas: tuple[i
             "min_replicas": fewest,
             "max_replicas": most,
             "target_ongoing_requests": settings.target_sockets_per_replica,
+            "upscale_delay_s": settings.upscale_delay_s,
+            "downscale_delay_s": settings.downscale_delay_s,
         },
     ).bind(settings, database_url, region)
 
