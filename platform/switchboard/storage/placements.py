@@ -47,10 +47,24 @@ WRITE_FENCES = text(
 ADVANCE_LOCK_TIMEOUT = "10s"
 
 
+def once_more_on_a_new_connection(method):
+    """These calls are rare and the pool is not pre-pinged (the group commit's hot path shares
+    it): a pooled connection the server dropped (a restart) fails the first try and is discarded,
+    so one more try runs on a fresh one. Safe for advance too: epochs need only to increase."""
+    def retrying(self, *args):
+        try:
+            return method(self, *args)
+        except StorageUnavailable:
+            return method(self, *args)
+    retrying.__doc__ = method.__doc__
+    return retrying
+
+
 class PlacementStore:
     def __init__(self, engine: Engine):
         self.engine = engine
 
+    @once_more_on_a_new_connection
     def load(self, region: str) -> StoredPlacement | None:
         try:
             with self.engine.connect() as conn:
@@ -59,6 +73,7 @@ class PlacementStore:
             raise StorageUnavailable(f"placement of {region}: {error}") from error
         return StoredPlacement(region, row[0], row[1]) if row else None
 
+    @once_more_on_a_new_connection
     def ensure(self, region: str, shard_count: int) -> StoredPlacement:
         """The region's placement, created with shard_count at epoch 1 if it has none yet."""
         try:
@@ -70,6 +85,7 @@ class PlacementStore:
             raise StorageUnavailable(f"placement of {region}: {error}") from error
         return StoredPlacement(region, row[0], row[1])
 
+    @once_more_on_a_new_connection
     def advance(self, region: str, shard_count: int, previous_count: int) -> StoredPlacement:
         """Store the new shard count under the next epoch and fence every shard with it."""
         try:
