@@ -35,10 +35,22 @@ def private_serve_ports() -> dict[str, str]:
     return environment
 
 
+# Single ports (a platform's HTTP port, HAProxy's stats port...) come from here: below Linux's
+# ephemeral range too, and above both Serve's default replica range (30000-31000) and Ray's
+# worker ports (10002-19999). A port the kernel hands out for bind(0) is in the ephemeral range,
+# which every Ray process binding port 0 draws from between our pick and our bind: the chaos
+# run's HAProxy once found its HTTP port taken ("cannot bind socket (Address already in use)").
+SINGLE_PORTS_FROM, SINGLE_PORTS_TO = 31_001, 32_700
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port nothing listens on now, from SINGLE_PORTS_FROM-SINGLE_PORTS_TO."""
+    rng = random.Random()
+    for _ in range(500):
+        port = rng.randrange(SINGLE_PORTS_FROM, SINGLE_PORTS_TO)
+        if _port_free(port):
+            return port
+    raise RuntimeError("no free port for the platform")
 
 
 def free_window() -> int:

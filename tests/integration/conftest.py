@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
 import uuid
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 import ray
 from helpers import User, unique_user
 from switchboard.local import init_ray, start_platform, stop_platform
+from switchboard import private_ports
 from switchboard.private_ports import private_serve_ports
 from switchboard.settings import Settings
 from switchboard.storage.database import make_engine, stop_embedded_postgres
@@ -56,9 +56,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return private_ports.free_port()  # not from the ephemeral range Ray's processes bind in
 
 
 @pytest.fixture(scope="session")

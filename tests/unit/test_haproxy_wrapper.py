@@ -187,3 +187,18 @@ def test_main_without_a_config_file_just_execs(monkeypatch, fake_exec):
     with pytest.raises(Exec):
         haproxy_wrapper.main(["-v"])
     assert fake_exec == [("/opt/ray/haproxy", ["/opt/ray/haproxy", "-v"])]
+
+
+def test_single_ports_come_from_below_the_ephemeral_range_and_are_free():
+    """A port from bind(0) is in the range every Ray process binds port 0 in; the chaos run's
+    HAProxy once found such a port taken between the pick and its bind."""
+    import socket
+
+    from switchboard.private_ports import SINGLE_PORTS_FROM, SINGLE_PORTS_TO, free_port
+
+    ports = {free_port() for _ in range(20)}
+    assert all(SINGLE_PORTS_FROM <= port < SINGLE_PORTS_TO < 32_768 for port in ports)
+    assert len(ports) > 1  # picked at random, not one fixed port
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))  # free indeed
